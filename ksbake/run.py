@@ -1,0 +1,83 @@
+"""The one way ksbake runs external tools: argv lists, logged, failures as one clear error."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from ksbake.errors import ToolError
+
+log = logging.getLogger("ksbake.run")
+
+# Which distribution package provides each host tool, for "not found" errors.
+TOOL_PACKAGES: dict[str, tuple[str, str]] = {
+    # tool: (Debian package, Fedora package)
+    "rpm": ("rpm", "rpm"),
+    "rpmbuild": ("rpm", "rpm-build"),
+    "createrepo_c": ("createrepo-c", "createrepo_c"),
+    "dpkg-deb": ("dpkg", "dpkg"),
+    "apt-get": ("apt", "(not available: use a Debian host to build the bundled repository)"),
+    "cpio": ("cpio", "cpio"),
+    "unshare": ("util-linux", "util-linux"),
+    "mount": ("mount", "util-linux"),
+    "mkfs.ext4": ("e2fsprogs", "e2fsprogs"),
+    "mkfs.xfs": ("xfsprogs", "xfsprogs"),
+    "mkfs.vfat": ("dosfstools", "dosfstools"),
+    "mcopy": ("mtools", "mtools"),
+    "mkswap": ("util-linux", "util-linux"),
+    "grub-mkimage": ("grub-common", "grub2-tools"),
+    "qemu-img": ("qemu-utils", "qemu-img"),
+    "qemu-system-x86_64": ("qemu-system-x86", "qemu-system-x86-core"),
+}
+
+
+def which(tool: str) -> str:
+    """Return the path of ``tool`` or raise a ToolError naming the package to install."""
+    path = shutil.which(tool)
+    if path is None:
+        deb, fed = TOOL_PACKAGES.get(tool, (tool, tool))
+        raise ToolError(
+            f"required tool '{tool}' not found",
+            hint=f"install it: Debian 'apt-get install {deb}', Fedora 'dnf install {fed}'",
+        )
+    return path
+
+
+def run(
+    argv: Sequence[str | Path],
+    *,
+    cwd: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    input: bytes | None = None,
+    capture: bool = True,
+    what: str | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``argv``; on failure raise ToolError with the command and its last output lines.
+
+    ``what`` names the step for the error message ("building the busybox package").
+    """
+    args = [str(a) for a in argv]
+    which(args[0]) if "/" not in args[0] else None
+    log.debug("run: %s", shlex.join(args))
+    proc = subprocess.run(
+        args,
+        cwd=cwd,
+        env=dict(env) if env is not None else None,
+        input=input,
+        stdout=subprocess.PIPE if capture else None,
+        stderr=subprocess.STDOUT if capture else None,
+        check=False,
+    )
+    if proc.returncode != 0:
+        out = (proc.stdout or b"").decode(errors="replace").strip().splitlines()
+        tail = "\n".join(out[-15:])
+        label = what or shlex.join(args[:3])
+        raise ToolError(
+            f"{label}: '{shlex.join(args)}' failed with exit code {proc.returncode}"
+            + (f"\n{tail}" if tail else "")
+        )
+    return proc
