@@ -1,0 +1,19 @@
+"""ksbake's build: `doit appliance:NAME` turns configs/NAME.ks into an appliance.
+
+Thin on purpose: configuration, then the task creators from tasks/.
+"""
+
+from tasks.appliance import task_appliance  # noqa: F401
+from tasks.common import PATHS, XxhashChecker
+from tasks.layers import task_config, task_kickstart, task_lock, task_packages  # noqa: F401
+from tasks.repo import task_repo  # noqa: F401
+
+PATHS.cache.mkdir(parents=True, exist_ok=True)
+
+DOIT_CONFIG = {
+    "backend": "sqlite3",
+    "dep_file": str(PATHS.doit_db),
+    "check_file_uptodate": XxhashChecker,
+    "default_tasks": ["appliance"],
+    "verbosity": 2,
+}

@@ -1,0 +1,83 @@
+"""Mounts a chroot needs (/proc, a minimal /dev, read-only /sys) and running commands in it.
+
+Only ever used inside a worker's private mount namespace (``ksbake.sandbox``): even if this
+process is killed, the kernel removes these mounts with the namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ksbake.errors import BuildError
+from ksbake.run import run
+
+DEV_NODES = {  # name: (major, minor)
+    "null": (1, 3),
+    "zero": (1, 5),
+    "full": (1, 7),
+    "random": (1, 8),
+    "urandom": (1, 9),
+    "tty": (5, 0),
+}
+
+
+def _mountpoint(root: Path, name: str) -> Path:
+    path = root / name
+    if path.is_symlink():
+        raise BuildError(f"refusing to mount over /{name} in {root}: it is a symlink")
+    path.mkdir(mode=0o755, exist_ok=True)
+    return path
+
+
+@contextmanager
+def api_filesystems(root: Path) -> Iterator[None]:
+    """Mount /proc, a private tmpfs /dev with the usual nodes, and /sys read-only in ``root``."""
+    mounted: list[Path] = []
+    try:
+        proc = _mountpoint(root, "proc")
+        run(["mount", "-t", "proc", "-o", "nosuid,nodev,noexec", "proc", proc])
+        mounted.append(proc)
+        dev = _mountpoint(root, "dev")
+        run(["mount", "-t", "tmpfs", "-o", "mode=0755,nosuid", "ksbake-dev", dev])
+        mounted.append(dev)
+        for name, (major, minor) in DEV_NODES.items():
+            os.mknod(dev / name, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+            os.chmod(dev / name, 0o666)
+        for name in ("pts", "shm"):
+            (dev / name).mkdir()
+        for name, target in (
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ):
+            os.symlink(target, dev / name)
+        sys_dir = _mountpoint(root, "sys")
+        run(["mount", "-t", "sysfs", "-o", "ro,nosuid,nodev,noexec", "sysfs", sys_dir])
+        mounted.append(sys_dir)
+        yield
+    finally:
+        for path in reversed(mounted):
+            run(["umount", "-l", path])
+
+
+def mount_overlay(lower: list[Path], upper: Path, work: Path, merged: Path) -> None:
+    """Mount an overlay of ``lower`` (first is topmost) with writes going to ``upper``."""
+    for path in (upper, work, merged):
+        path.mkdir(parents=True, exist_ok=True)
+    opts = f"lowerdir={':'.join(str(p) for p in lower)},upperdir={upper},workdir={work}"
+    run(["mount", "-t", "overlay", "-o", opts, "ksbake-overlay", merged], what="mounting overlay")
+
+
+def mount_overlay_ro(lower: list[Path], merged: Path) -> None:
+    """Mount a read-only merged view of several layers (first is topmost)."""
+    merged.mkdir(parents=True, exist_ok=True)
+    if len(lower) == 1:
+        run(["mount", "--bind", "-o", "ro", lower[0], merged])
+        return
+    opts = f"ro,lowerdir={':'.join(str(p) for p in lower)}"
+    run(["mount", "-t", "overlay", "-o", opts, "ksbake-overlay", merged], what="mounting overlay")

@@ -1,0 +1,372 @@
+"""The config layer: system settings and %post scripts applied over the installed tree.
+
+Input: the canonical text of the kickstart's system commands (lang, keyboard, timezone,
+rootpw, user, group, sshkey, services, selinux, firewall, network) and %post scripts, re-parsed
+here, plus the packages layer's key. Output: an overlayfs upper directory holding only what
+changed, over the shared (untouched) packages tree; later layers read the merged view.
+
+No disk layout goes in here (fstab, grub.cfg, UUIDs belong to the disk layers), so a layout
+change reuses this layer. Files are written through ``ksbake.treefs`` (never following a
+symlink out of the tree); %post runs chrooted, except ``--nochroot`` scripts, which run on the
+host with INSTALL_ROOT set to the tree (as appliance-creator did) and cwd set to the
+kickstart's directory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from ksbake import treefs
+from ksbake.errors import BuildError
+from ksbake.hashing import layer_key
+from ksbake.run import run
+
+CODE_VERSION = 1
+CHROOT_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+    "LANG": "C.UTF-8",
+    "TERM": "dumb",
+}
+
+
+def key_for(ks_text: str, syntax: str, packages_key: str) -> str:
+    return layer_key("config", CODE_VERSION, {"ks": ks_text, "syntax": syntax},
+                     {"packages": packages_key})
+
+
+# -- passwords ------------------------------------------------------------------------------
+
+def sha512_crypt(password: str, salt: str) -> str:
+    """SHA-512 crypt(3) via the system's libcrypt (Python's crypt module is gone in 3.13)."""
+    name = ctypes.util.find_library("crypt") or "libcrypt.so.1"
+    lib = ctypes.CDLL(name)
+    lib.crypt.restype = ctypes.c_char_p
+    lib.crypt.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    out = lib.crypt(password.encode(), f"$6${salt}$".encode())
+    if not out or not out.startswith(b"$6$"):
+        raise BuildError("libcrypt does not support SHA-512 crypt")
+    return out.decode()
+
+
+def _salt(seed: str, who: str) -> str:
+    """A salt derived from the layer key: the same inputs give the same bytes."""
+    import xxhash
+
+    alphabet = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    n = xxhash.xxh3_128_intdigest(f"{seed}:{who}".encode())
+    return "".join(alphabet[(n >> (6 * i)) & 63] for i in range(16))
+
+
+def password_field(password: str, crypted: bool, lock: bool, seed: str, who: str) -> str:
+    value = password if crypted else sha512_crypt(password, _salt(seed, who))
+    return ("!" + value) if lock else value
+
+
+# -- /etc/passwd, /etc/group, /etc/shadow ---------------------------------------------------
+
+class Table:
+    """A colon-separated account database inside the tree, edited in place."""
+
+    def __init__(self, root: Path, path: str, width: int) -> None:
+        self.root, self.path, self.width = root, path, width
+        text = treefs.read_text(root, path)
+        if text is None:
+            raise BuildError(f"{path} does not exist in the tree (is the 'setup' package installed?)")
+        target = treefs.resolve(root, path)
+        st = target.stat()
+        self.mode, self.uid, self.gid = st.st_mode & 0o7777, st.st_uid, st.st_gid
+        self.rows = [line.split(":") for line in text.splitlines() if line.strip()]
+
+    def get(self, name: str) -> list[str] | None:
+        return next((r for r in self.rows if r[0] == name), None)
+
+    def put(self, row: list[str]) -> None:
+        row = (row + [""] * self.width)[: self.width]
+        for i, existing in enumerate(self.rows):
+            if existing[0] == row[0]:
+                self.rows[i] = row
+                return
+        self.rows.append(row)
+
+    def ids(self, column: int) -> set[int]:
+        return {int(r[column]) for r in self.rows if len(r) > column and r[column].isdigit()}
+
+    def save(self) -> None:
+        text = "".join(":".join(r) + "\n" for r in self.rows)
+        treefs.write_file(self.root, self.path, text, mode=self.mode, uid=self.uid, gid=self.gid)
+
+
+def _next_id(used: set[int], start: int = 1000) -> int:
+    n = start
+    while n in used:
+        n += 1
+    return n
+
+
+def apply_accounts(root: Path, handler: Any, seed: str) -> None:
+    """rootpw, group, user and sshkey."""
+    rootpw, users, groups = handler.rootpw, handler.user.userList, handler.group.groupList
+    keys = handler.sshkey.sshUserList
+    if not (rootpw.seen or users or groups or keys):
+        return
+    passwd, shadow, group = Table(root, "/etc/passwd", 7), Table(root, "/etc/shadow", 9), Table(
+        root, "/etc/group", 4
+    )
+    gshadow = Table(root, "/etc/gshadow", 4) if treefs.exists(root, "/etc/gshadow") else None
+    if rootpw.seen:
+        row = shadow.get("root") or ["root", "", "", "0", "99999", "7", "", "", ""]
+        pw = rootpw.password or ""
+        row[1] = password_field(pw, rootpw.isCrypted, rootpw.lock, seed, "root") if pw else (
+            "!" if rootpw.lock else row[1]
+        )
+        shadow.put(row)
+    for grp in groups:
+        gid = grp.gid if grp.gid is not None else _next_id(group.ids(2))
+        group.put([grp.name, "x", str(gid), ""])
+        if gshadow:
+            gshadow.put([grp.name, "!", "", ""])
+    for user in users:
+        uid = user.uid if user.uid is not None else _next_id(passwd.ids(2) | group.ids(2))
+        if user.gid is not None:
+            gid = user.gid
+        else:
+            existing = group.get(user.name)
+            gid = int(existing[2]) if existing else uid
+            if not existing:
+                group.put([user.name, "x", str(gid), ""])
+                if gshadow:
+                    gshadow.put([user.name, "!", "", ""])
+        home = user.homedir or f"/home/{user.name}"
+        shell = user.shell or "/bin/bash"
+        if not treefs.exists(root, shell) and treefs.exists(root, "/bin/sh"):
+            shell = "/bin/sh"
+        passwd.put([user.name, "x", str(uid), str(gid), user.gecos or "", home, shell])
+        pw = user.password or ""
+        field = password_field(pw, user.isCrypted, user.lock, seed, user.name) if pw else "!!"
+        shadow.put([user.name, field, "", "0", "99999", "7", "", "", ""])
+        for extra in user.groups:
+            row = group.get(extra)
+            if row is None:
+                raise BuildError(f"user {user.name}: supplementary group '{extra}' does not exist")
+            members = [m for m in row[3].split(",") if m]
+            if user.name not in members:
+                row[3] = ",".join([*members, user.name])
+        home_dir = treefs.makedirs(root, home, 0o700)
+        os.chown(home_dir, uid, gid)
+    passwd.save()
+    shadow.save()
+    group.save()
+    if gshadow:
+        gshadow.save()
+    for entry in keys:
+        row = passwd.get(entry.username)
+        if row is None:
+            raise BuildError(f"sshkey: user '{entry.username}' does not exist")
+        uid, gid, home = int(row[2]), int(row[3]), row[5]
+        ssh_dir = treefs.makedirs(root, f"{home}/.ssh", 0o700)
+        os.chown(ssh_dir, uid, gid)
+        path = f"{home}/.ssh/authorized_keys"
+        old = treefs.read_text(root, path) or ""
+        treefs.write_file(root, path, old + entry.key.strip() + "\n", mode=0o600, uid=uid, gid=gid)
+
+
+# -- locale, keyboard, time zone, network -----------------------------------------------
+
+def apply_system(root: Path, handler: Any, warnings: list[str]) -> None:
+    if handler.lang.lang:
+        treefs.write_file(root, "/etc/locale.conf", f"LANG={handler.lang.lang}\n")
+    keyboard = handler.keyboard
+    keymap = getattr(keyboard, "vc_keymap", None) or getattr(keyboard, "keyboard", None)
+    if keymap:
+        treefs.write_file(root, "/etc/vconsole.conf", f"KEYMAP={keymap}\n")
+    tz = handler.timezone
+    if tz.timezone:
+        zone = f"/usr/share/zoneinfo/{tz.timezone}"
+        if not treefs.exists(root, zone):
+            warnings.append(f"timezone {tz.timezone}: {zone} is not in the tree (tzdata missing?)")
+        treefs.symlink(root, "/etc/localtime", f"..{zone}")
+        treefs.write_file(root, "/etc/adjtime",
+                          "0.0 0 0.0\n0\n" + ("UTC\n" if tz.isUtc else "LOCAL\n"))
+    hostname = getattr(handler.network, "hostname", None)
+    for net in handler.network.network:
+        if net.hostname:
+            hostname = net.hostname
+    if hostname:
+        treefs.write_file(root, "/etc/hostname", hostname + "\n")
+
+
+def apply_services(root: Path, handler: Any, warnings: list[str]) -> None:
+    services = handler.services
+    if not (services.enabled or services.disabled):
+        return
+    if not treefs.exists(root, "/usr/lib/systemd/system"):
+        raise BuildError(
+            "services: the tree has no systemd (/usr/lib/systemd/system), so "
+            f"{', '.join(services.enabled + services.disabled)} cannot be enabled or disabled",
+            hint="install systemd in %packages or remove the services line",
+        )
+    for verb, names in (("enable", services.enabled), ("disable", services.disabled)):
+        if names:
+            run(["systemctl", f"--root={root}", verb, *names], what=f"services: {verb}")
+
+
+def apply_security(root: Path, handler: Any, warnings: list[str]) -> None:
+    from pykickstart.constants import SELINUX_DISABLED, SELINUX_ENFORCING, SELINUX_PERMISSIVE
+
+    mode = {SELINUX_DISABLED: "disabled", SELINUX_ENFORCING: "enforcing",
+            SELINUX_PERMISSIVE: "permissive"}.get(handler.selinux.selinux)
+    if mode:
+        config = treefs.read_text(root, "/etc/selinux/config")
+        if config is None:
+            if mode != "disabled":
+                warnings.append(f"selinux --{mode}: no SELinux policy in the tree; nothing to set")
+        else:
+            lines = [f"SELINUX={mode}" if ln.startswith("SELINUX=") else ln
+                     for ln in config.splitlines()]
+            treefs.write_file(root, "/etc/selinux/config", "\n".join(lines) + "\n")
+    fw = handler.firewall
+    if fw.enabled is None:
+        return
+    tool = "/usr/bin/firewall-offline-cmd"
+    if not treefs.exists(root, tool):
+        if fw.enabled:
+            warnings.append("firewall --enabled: firewalld is not in the tree; nothing configured")
+        return
+    args = ["--disabled"] if not fw.enabled else ["--enabled"]
+    if fw.enabled:
+        args += [f"--service={s}" for s in fw.services] + [f"--port={p}" for p in fw.ports]
+    _chroot_run(root, [tool, *args], what="firewall")
+
+
+def _chroot_run(root: Path, argv: list[str], what: str) -> subprocess.CompletedProcess[bytes]:
+    return run(["chroot", root, *argv], env=CHROOT_ENV, what=what)
+
+
+# -- %post ----------------------------------------------------------------------------------
+
+def run_post_scripts(root: Path, handler: Any, ks_dir: str) -> None:
+    from pykickstart.constants import KS_SCRIPT_POST
+
+    scripts = [s for s in handler.scripts if s.type == KS_SCRIPT_POST]
+    for index, script in enumerate(scripts, 1):
+        interp = script.interp or "/bin/sh"
+        label = f"%post #{index}" + (" --nochroot" if not script.inChroot else "")
+        print(f"Running {label} ({interp})", flush=True)
+        if script.inChroot:
+            if not treefs.exists(root, interp):
+                raise BuildError(f"{label}: interpreter {interp} is not in the tree")
+            name = f"/tmp/ks-script-{index}"
+            treefs.write_file(root, name, script.script, mode=0o700)
+            argv = ["chroot", str(root), interp, name]
+            env = dict(CHROOT_ENV)
+            cwd = None
+        else:
+            host_script = root.parent / f"ks-script-nochroot-{index}"
+            host_script.write_text(script.script)
+            argv = [interp, str(host_script)]
+            env = {**os.environ, "INSTALL_ROOT": str(root)}
+            cwd = ks_dir
+        env["SOURCE_DATE_EPOCH"] = os.environ.get("SOURCE_DATE_EPOCH", "0")
+        proc = subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, check=False)
+        output = proc.stdout.decode(errors="replace")
+        for line in output.splitlines():
+            print(f"  | {line}", flush=True)
+        if script.inChroot:
+            treefs.resolve(root, name).unlink(missing_ok=True)
+        else:
+            host_script.unlink(missing_ok=True)
+        if script.logfile:
+            if script.inChroot:
+                old = treefs.read_text(root, script.logfile) or ""
+                treefs.write_file(root, script.logfile, old + output)
+            else:
+                with open(script.logfile, "a") as log:
+                    log.write(output)
+        if proc.returncode != 0:
+            tail = "\n".join(output.strip().splitlines()[-20:])
+            message = f"{label} failed with exit code {proc.returncode}"
+            if script.errorOnFail:
+                raise BuildError(message + (f"; its output:\n{tail}" if tail else "; no output"))
+            print(f"warning: {message} (not --erroronfail: continuing)", file=sys.stderr)
+
+
+def configure(ks_text: str, syntax: str, lower: list[str], staging: str, ks_dir: str,
+              seed: str) -> dict[str, Any]:
+    """Worker entry point (private mount namespace): build ``staging/upper`` over ``lower``."""
+    from pykickstart.parser import KickstartParser
+    from pykickstart.version import makeVersion
+
+    from ksbake.chroot import api_filesystems, mount_overlay
+    from ksbake.store import remove_tree
+
+    handler = makeVersion(syntax)
+    KickstartParser(handler, followIncludes=False).readKickstartFromString(ks_text)
+    stage = Path(staging)
+    merged = stage / "merged"
+    mount_overlay([Path(p) for p in lower], stage / "upper", stage / "work", merged)
+    warnings: list[str] = []
+    try:
+        apply_system(merged, handler, warnings)
+        apply_accounts(merged, handler, seed)
+        apply_services(merged, handler, warnings)
+        apply_security(merged, handler, warnings)
+        with api_filesystems(merged):
+            run_post_scripts(merged, handler, ks_dir)
+    finally:
+        run(["umount", merged])
+    remove_tree(stage / "work")
+    merged.rmdir()
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return {"warnings": warnings}
+
+
+# -- the layer step, run in the build process ----------------------------------------------
+
+def step(paths: Any, name: str) -> None:
+    """Obtain the configured tree (an overlay upper dir over the packages tree)."""
+    import json
+    import time
+
+    from ksbake import packages, report, sandbox
+    from ksbake.hashing import canonical_json, write_if_changed
+    from ksbake.store import Store
+
+    started = time.monotonic()
+    build = paths.build_dir(name)
+    packages_key = json.loads((build / "packages.ref").read_text())["key"]
+    inputs = json.loads((build / "inputs" / "config.json").read_text())
+    key = key_for(inputs["ks"], inputs["syntax"], packages_key)
+
+    def build_upper(staging: Path) -> dict[str, Any]:
+        result = sandbox.call("ksbake.config:configure", {
+            "ks_text": inputs["ks"], "syntax": inputs["syntax"],
+            "lower": [str(packages.tree_path(paths, packages_key))], "staging": str(staging),
+            "ks_dir": inputs["ks_dir"], "seed": key})
+        return {"size": report.tree_size(staging / "upper"), "warnings": result["warnings"],
+                "parents": {"packages": packages_key}}
+
+    obtained = Store(paths.store).obtain("config", key, build_upper)
+    write_if_changed(build / "config.ref",
+                     canonical_json({"key": key, "packages": packages_key}) + "\n")
+    report.record(paths, name, "config", key, obtained.built, time.monotonic() - started,
+                  obtained.meta.get("size"))
+
+
+def layers(paths: Any, name: str) -> list[Path]:
+    """The directories whose overlay is the configured tree, topmost first."""
+    import json
+
+    from ksbake import packages
+
+    ref = json.loads((paths.build_dir(name) / "config.ref").read_text())
+    return [paths.store / "objects" / "config" / ref["key"] / "upper",
+            packages.tree_path(paths, ref["packages"])]

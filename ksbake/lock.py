@@ -1,0 +1,463 @@
+"""The lock layer: depsolve the kickstart's repositories and %packages into a lock file.
+
+Input: the canonical ``repo``/``url`` and ``%packages`` text of the kickstart (a kickstart
+fragment, re-parsed here) plus releasever/basearch/mirror settings. Output: a lock listing
+every package's name, epoch, version, release, arch, repo and sha256, sorted, as canonical
+JSON, and the install options (--excludedocs, --instLangs) the packages layer applies.
+
+The lock's key also holds the checksums of the repositories' metadata, so a nightly rebuild
+re-resolves against fresh metadata; if the resolved set is identical the lock's bytes are too,
+and nothing downstream reruns (the packages layer is keyed by the lock's content).
+
+Runs in a worker process (``ksbake.sandbox``): dnf keeps global state.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ksbake.errors import PackageError
+from ksbake.hashing import canonical_json, file_digest, layer_key
+from ksbake.store import Store
+
+CODE_VERSION = 1
+LOCK_FORMAT = 1
+BUNDLED_VAR = "ksbake_repo"
+
+
+@dataclass(frozen=True)
+class RepoSpec:
+    """One repository as dnf will see it (URLs with $ksbake_repo expanded, others left to dnf)."""
+
+    name: str
+    baseurl: tuple[str, ...]
+    mirrorlist: str | None
+    metalink: str | None
+    includepkgs: tuple[str, ...]
+    excludepkgs: tuple[str, ...]
+    cost: int | None
+    sslverify: bool
+    proxy: str | None
+
+
+def _parse_fragment(text: str, syntax: str):  # noqa: ANN202 - pykickstart handler
+    from pykickstart.parser import KickstartParser
+    from pykickstart.version import makeVersion
+
+    handler = makeVersion(syntax)
+    KickstartParser(handler, followIncludes=False).readKickstartFromString(text)
+    return handler
+
+
+def expand(url: str | None, bundled_repo: str) -> str | None:
+    """Expand ``$ksbake_repo`` (the bundled repository); dnf expands $releasever/$basearch."""
+    if url is None:
+        return None
+    return url.replace("${" + BUNDLED_VAR + "}", bundled_repo).replace("$" + BUNDLED_VAR, bundled_repo)
+
+
+def repo_specs(handler: Any, mirrors: dict[str, str], bundled_repo: str) -> list[RepoSpec]:
+    """Repositories from ``repo`` lines and the ``url`` command, with mirror overrides applied."""
+    specs: list[RepoSpec] = []
+    url = handler.url
+    if getattr(url, "url", None) or getattr(url, "mirrorlist", None) or getattr(url, "metalink", None):
+        specs.append(
+            RepoSpec("ks-url", (url.url,) if url.url else (), url.mirrorlist,
+                     getattr(url, "metalink", None), (), (), None,
+                     not getattr(url, "noverifyssl", False), getattr(url, "proxy", None) or None)
+        )
+    for repo in handler.repo.repoList:
+        specs.append(
+            RepoSpec(
+                repo.name,
+                (repo.baseurl,) if repo.baseurl else (),
+                repo.mirrorlist or None,
+                getattr(repo, "metalink", None) or None,
+                tuple(getattr(repo, "includepkgs", []) or []),
+                tuple(getattr(repo, "excludepkgs", []) or []),
+                repo.cost,
+                not getattr(repo, "noverifyssl", False),
+                getattr(repo, "proxy", None) or None,
+            )
+        )
+    unknown = set(mirrors) - {s.name for s in specs}
+    if unknown:
+        raise PackageError(
+            f"mirror override names repositories the kickstart does not have: {', '.join(sorted(unknown))}",
+            hint=f"kickstart repositories: {', '.join(s.name for s in specs) or 'none'}",
+        )
+    out = []
+    for spec in specs:
+        if spec.name in mirrors:
+            spec = RepoSpec(spec.name, (mirrors[spec.name],), None, None, spec.includepkgs,
+                            spec.excludepkgs, spec.cost, spec.sslverify, spec.proxy)
+        out.append(
+            RepoSpec(
+                spec.name,
+                tuple(expand(u, bundled_repo) or "" for u in spec.baseurl),
+                expand(spec.mirrorlist, bundled_repo),
+                expand(spec.metalink, bundled_repo),
+                spec.includepkgs,
+                spec.excludepkgs,
+                spec.cost,
+                spec.sslverify,
+                spec.proxy,
+            )
+        )
+    if not out:
+        raise PackageError(
+            "the kickstart names no package repository",
+            hint="add a 'repo --name=NAME --baseurl=URL' line (the bundled one is "
+            "'repo --name=ksbake --baseurl=file://$ksbake_repo/base')",
+        )
+    return out
+
+
+def make_base(
+    *,
+    installroot: Path,
+    cachedir: Path,
+    persistdir: Path,
+    logdir: Path,
+    releasever: str,
+    basearch: str,
+    repos: list[RepoSpec],
+    excludepkgs: list[str] | None = None,
+    install_weak_deps: bool = True,
+):  # noqa: ANN201 - dnf.Base
+    """A dnf.Base that reads nothing from and writes nothing to the host's dnf/rpm state."""
+    import dnf
+    import rpm
+
+    base = dnf.Base()
+    conf = base.conf
+    conf.installroot = str(installroot)
+    conf.cachedir = str(cachedir)
+    conf.persistdir = str(persistdir)
+    conf.logdir = str(logdir)
+    logdir.mkdir(parents=True, exist_ok=True)
+    conf.releasever = releasever
+    conf.substitutions["releasever"] = releasever
+    conf.substitutions["basearch"] = basearch
+    conf.substitutions["arch"] = basearch
+    conf.keepcache = True
+    conf.gpgcheck = False
+    conf.skip_if_unavailable = False
+    conf.install_weak_deps = install_weak_deps
+    conf.reposdir = []
+    conf.varsdir = []
+    conf.excludepkgs = list(excludepkgs or [])
+    conf.ignorearch = basearch != conf.substitutions.get("basearch")
+    rpm.addMacro("_dbpath", "/usr/lib/sysimage/rpm")  # after Base(): it resets macros
+    for spec in repos:
+        kwargs: dict[str, Any] = {"skip_if_unavailable": False, "sslverify": spec.sslverify}
+        if spec.mirrorlist:
+            kwargs["mirrorlist"] = spec.mirrorlist
+        if spec.metalink:
+            kwargs["metalink"] = spec.metalink
+        if spec.includepkgs:
+            kwargs["includepkgs"] = list(spec.includepkgs)
+        if spec.excludepkgs:
+            kwargs["excludepkgs"] = list(spec.excludepkgs)
+        if spec.cost is not None:
+            kwargs["cost"] = spec.cost
+        if spec.proxy:
+            kwargs["proxy"] = spec.proxy
+        base.repos.add_new_repo(spec.name, conf, baseurl=list(spec.baseurl), **kwargs)
+    return base
+
+
+def load_metadata(base: Any) -> None:
+    """Download/read every repository's metadata; one clear error per unreachable repo."""
+    import dnf.exceptions
+
+    try:
+        base.fill_sack(load_system_repo=False, load_available_repos=True)
+    except dnf.exceptions.RepoError as exc:
+        raise PackageError(f"cannot load repository metadata: {exc}",
+                           hint="check the repo URL, the mirror override and the network") from None
+
+
+def metadata_digests(base: Any) -> dict[str, dict[str, str | None]]:
+    """A checksum of each repository's repomd.xml (what changes when the repo is updated).
+
+    ``repomd`` is the path of a local repository's repomd.xml (None for remote ones), which the
+    doit up-to-date check re-hashes cheaply; the spec is kept so the packages layer can
+    download from the same places.
+    """
+    out: dict[str, dict[str, str | None]] = {}
+    for repo in sorted(base.repos.iter_enabled(), key=lambda r: r.id):
+        local = [Path(u[len("file://"):]) / "repodata" / "repomd.xml"
+                 for u in repo.baseurl if u.startswith("file://")]
+        cached = Path(repo._repo.getCachedir()) / "repodata" / "repomd.xml"
+        found = next((c for c in [*local, cached] if c.is_file()), None)
+        out[repo.id] = {
+            "digest": file_digest(found) if found
+            else f"rev:{repo._repo.getRevision()}:{repo._repo.getMaxTimestamp()}",
+            "repomd": str(local[0]) if local and local[0].is_file() else None,
+        }
+    return out
+
+
+def _select_groups(base: Any, ksdata: Any, ignoremissing: bool, warn: list[str]) -> set[str]:
+    """Package names that the kickstart's groups and environment ask for (comps semantics)."""
+    from pykickstart.constants import GROUP_ALL, GROUP_REQUIRED
+
+    comps = base.comps
+    names: set[str] = set()
+    missing: list[str] = []
+
+    def group_names(group: Any, include: int) -> set[str]:
+        out = {p.name for p in group.mandatory_packages}
+        if include != GROUP_REQUIRED:
+            out |= {p.name for p in group.default_packages}
+        if include == GROUP_ALL:
+            out |= {p.name for p in group.optional_packages}
+        return out
+
+    if ksdata.environment:
+        env = comps.environment_by_pattern(ksdata.environment)
+        if env is None:
+            missing.append(f"@^{ksdata.environment}")
+        else:
+            for gid in env.group_ids:
+                grp = comps.group_by_pattern(gid.name)
+                if grp is not None:
+                    names |= group_names(grp, 0)
+    groups = list(ksdata.groupList)
+    if not ksdata.nocore and not any(g.name == "core" for g in groups):
+        from pykickstart.parser import Group
+
+        groups.insert(0, Group(name="core"))
+    for group in groups:
+        grp = comps.group_by_pattern(group.name)
+        if grp is None:
+            missing.append(f"@{group.name}")
+            continue
+        names |= group_names(grp, group.include)
+    excluded_from_groups: set[str] = set()
+    for group in ksdata.excludedGroupList:
+        grp = comps.group_by_pattern(group.name)
+        if grp is None:
+            warn.append(f"excluded group @{group.name} does not exist")
+            continue
+        excluded_from_groups |= group_names(grp, 2)
+    names -= excluded_from_groups
+    if missing:
+        if ignoremissing:
+            warn.extend(f"ignoring missing group {m} (--ignoremissing)" for m in missing)
+        else:
+            raise PackageError(
+                f"group not found in the repositories: {', '.join(missing)}",
+                hint="check the name in comps, or use %packages --ignoremissing",
+            )
+    return names
+
+
+def resolve(
+    ks_text: str,
+    syntax: str,
+    settings: dict[str, Any],
+    bundled_repo: str,
+    store: str,
+    dnf_cache: str,
+) -> dict[str, Any]:
+    """Worker entry point: load metadata, compute the lock key, depsolve unless stored.
+
+    Returns ``{"key", "lock_path", "built", "repos": {id: digest}, "warnings": [...]}``.
+    """
+    import dnf.exceptions
+
+    handler = _parse_fragment(ks_text, syntax)
+    ksdata = handler.packages
+    repos = repo_specs(handler, settings.get("mirrors", {}), bundled_repo)
+    releasever, basearch = settings["releasever"], settings["basearch"]
+    excluded = list(ksdata.excludedList)
+    warnings: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="ksbake-lock-") as tmp:
+        root = Path(tmp) / "root"
+        root.mkdir()
+        base = make_base(
+            installroot=root,
+            cachedir=Path(dnf_cache),
+            persistdir=Path(tmp) / "persist",
+            logdir=Path(tmp) / "log",
+            releasever=releasever,
+            basearch=basearch,
+            repos=repos,
+            excludepkgs=excluded,
+            install_weak_deps=not ksdata.excludeWeakdeps,
+        )
+        try:
+            print(f"Loading metadata of {len(repos)} repositories", flush=True)
+            load_metadata(base)
+            digests = metadata_digests(base)
+            key = layer_key(
+                "lock",
+                CODE_VERSION,
+                {"ks": ks_text, "syntax": syntax, "settings": settings,
+                 "repos": [spec.__dict__ | {"baseurl": list(spec.baseurl)} for spec in repos],
+                 "metadata": {k: v["digest"] for k, v in digests.items()}},
+            )
+
+            def build(staging: Path) -> dict[str, Any]:
+                lock = _depsolve(base, ksdata, excluded, warnings)
+                lock |= {"format": LOCK_FORMAT, "releasever": releasever, "basearch": basearch}
+                (staging / "lock.json").write_text(canonical_json(lock) + "\n")
+                return {"repos": digests, "warnings": warnings}
+
+            obtained = Store(Path(store)).obtain("lock", key, build)
+        except dnf.exceptions.Error as exc:
+            raise PackageError(f"dnf: {exc}") from None
+        finally:
+            base.close()
+    for spec in repos:
+        digests.get(spec.name, {})["spec"] = spec.__dict__ | {  # type: ignore[assignment]
+            "baseurl": list(spec.baseurl), "includepkgs": list(spec.includepkgs),
+            "excludepkgs": list(spec.excludepkgs)}
+    return {
+        "key": key,
+        "lock_path": str(obtained.path / "lock.json"),
+        "built": obtained.built,
+        "repos": digests,
+        "warnings": obtained.meta.get("warnings", []),
+    }
+
+
+def _depsolve(base: Any, ksdata: Any, excluded: list[str], warnings: list[str]) -> dict[str, Any]:
+    """Mark the requested packages, resolve, and describe the transaction as a lock."""
+    import dnf.exceptions
+
+    base.read_comps(arch_filter=True)
+    from pykickstart.constants import KS_MISSING_IGNORE
+
+    ignoremissing = ksdata.handleMissing == KS_MISSING_IGNORE
+    names = _select_groups(base, ksdata, ignoremissing, warnings)
+    names = {n for n in names if not any(fnmatch.fnmatchcase(n, pat) for pat in excluded)}
+    explicit = list(ksdata.packageList)
+    missing: list[str] = []
+    for spec in sorted(names) + explicit:
+        try:
+            base.install(spec, strict=True)
+        except dnf.exceptions.MarkingError:
+            if spec in names and spec not in explicit:
+                warnings.append(f"group member '{spec}' is not available; skipped")
+            else:
+                missing.append(spec)
+    if missing:
+        if ignoremissing:
+            warnings.extend(f"ignoring missing package '{m}' (--ignoremissing)" for m in missing)
+        else:
+            raise PackageError(
+                f"package not found in the repositories: {', '.join(missing)}",
+                hint="check the name and the repositories, or use %packages --ignoremissing",
+            )
+    try:
+        base.resolve(allow_erasing=False)
+    except dnf.exceptions.DepsolveError as exc:
+        raise PackageError(f"dependencies cannot be resolved: {exc}") from None
+    packages = []
+    for pkg in base.transaction.install_set:
+        kind, digest = pkg.returnIdSum()
+        if kind != "sha256":
+            raise PackageError(f"{pkg}: repository gives a {kind} checksum; ksbake needs sha256")
+        packages.append(
+            {"name": pkg.name, "epoch": pkg.epoch, "version": pkg.version,
+             "release": pkg.release, "arch": pkg.arch, "repo": pkg.reponame, "sha256": digest}
+        )
+    packages.sort(key=lambda p: (p["name"], p["arch"], p["epoch"], p["version"], p["release"]))
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return {
+        "install": {
+            "excludedocs": bool(ksdata.excludedocs),
+            "instlangs": ksdata.instLangs if ksdata.instLangs is not None else None,
+        },
+        "packages": packages,
+    }
+
+
+def diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Human-readable changes between two locks ("rootfiles 9.0-1 -> 9.0-2")."""
+    def evr(p: dict[str, Any]) -> str:
+        return (f"{p['epoch']}:" if p["epoch"] else "") + f"{p['version']}-{p['release']}"
+
+    before = {(p["name"], p["arch"]): p for p in old.get("packages", [])}
+    after = {(p["name"], p["arch"]): p for p in new.get("packages", [])}
+    lines = []
+    for k in sorted(before.keys() | after.keys()):
+        a, b = before.get(k), after.get(k)
+        if a and not b:
+            lines.append(f"- {k[0]} {evr(a)}")
+        elif b and not a:
+            lines.append(f"+ {k[0]} {evr(b)} ({b['repo']})")
+        elif a != b:
+            lines.append(f"~ {k[0]} {evr(a)} ({a['repo']}) -> {evr(b)} ({b['repo']})")
+    return lines
+
+
+
+# -- the layer step, run in the build process ----------------------------------------------
+
+def step(paths: Any, name: str) -> None:
+    """Resolve (in a worker), then publish the lock at ``build/NAME/lock.json`` if it changed."""
+    import json
+    import time
+
+    from ksbake import report, sandbox
+    from ksbake.hashing import write_if_changed
+
+    started = time.monotonic()
+    build = paths.build_dir(name)
+    inputs = json.loads((build / "inputs" / "lock.json").read_text())
+    result = sandbox.call(
+        "ksbake.lock:resolve",
+        {"ks_text": inputs["ks"], "syntax": inputs["syntax"], "settings": inputs["settings"],
+         "bundled_repo": str(paths.bundled_repo), "store": str(paths.store),
+         "dnf_cache": str(paths.dnf_cache)},
+        isolate=False,
+    )
+    new_text = Path(result["lock_path"]).read_text()
+    lock_file = build / "lock.json"
+    if lock_file.exists() and lock_file.read_text() != new_text:
+        changes = diff(json.loads(lock_file.read_text()), json.loads(new_text))
+        print(f"lock:{name}: the package set changed:", flush=True)
+        for line in changes:
+            print(f"  {line}", flush=True)
+    write_if_changed(lock_file, new_text)
+    write_if_changed(build / "lock.state.json",
+                     canonical_json({"key": result["key"], "repos": result["repos"]}) + "\n")
+    report.record(paths, name, "lock", result["key"], result["built"],
+                  time.monotonic() - started)
+
+
+def metadata_unchanged(paths: Any, name: str) -> bool:
+    """doit ``uptodate`` check: False when a repository's metadata may have changed.
+
+    Local (file://) repositories are checked by hashing their repomd.xml (cheap). Remote
+    repositories are re-read only when asked (``KSBAKE_REFRESH=1``, e.g. nightly), so that a
+    kickstart edit-build loop never waits on the network.
+    """
+    import json
+
+    state_file = paths.build_dir(name) / "lock.state.json"
+    if not state_file.exists():
+        return False
+    state = json.loads(state_file.read_text())
+    if os.environ.get("KSBAKE_REFRESH"):
+        return False
+    for info in state["repos"].values():
+        local = info.get("repomd")
+        if local:
+            try:
+                if file_digest(local) != info["digest"]:
+                    return False
+            except OSError:
+                return False
+    return True

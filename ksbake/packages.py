@@ -1,0 +1,187 @@
+"""The packages layer: install exactly the locked package set into a fresh root tree.
+
+Key: the lock's content and the versions of the tools that write the tree (dnf, rpm) — not
+the kickstart text, not the repository URLs. Two appliances that resolve to the same lock
+share one installed tree; a nightly re-lock that resolves to the same set rebuilds nothing.
+
+The rpm database goes to /usr/lib/sysimage/rpm, scriptlets run chrooted in the tree (rpm does
+the chroot) with /proc and a minimal /dev mounted inside the worker's private mount
+namespace, and downloaded packages are kept in the store's dnf cache, shared by appliances.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ksbake.errors import BuildError, PackageError
+from ksbake.hashing import layer_key
+
+CODE_VERSION = 1
+
+
+def tool_versions() -> dict[str, str]:
+    """Versions of the tools whose behaviour shapes the installed tree."""
+    import dnf.const
+    import rpm
+
+    return {"dnf": dnf.const.VERSION, "rpm": rpm.__version__}
+
+
+def key_for(lock_text: str, tools: dict[str, str]) -> str:
+    return layer_key("packages", CODE_VERSION, {"lock": lock_text, "tools": tools})
+
+
+class _Progress:
+    """Minimal progress output for downloads and the rpm transaction."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done: set[str] = set()
+
+    def installing(self, name: str) -> None:
+        if name not in self.done:
+            self.done.add(name)
+            print(f"  [{len(self.done)}/{self.total}] {name}", flush=True)
+
+
+def install(lock_path: str, repos: list[dict[str, Any]], tree: str, dnf_cache: str) -> dict[str, Any]:
+    """Worker entry point (run in a private mount namespace): install the lock into ``tree``."""
+    import dnf
+    import dnf.callback
+    import dnf.exceptions
+    import rpm
+
+    from ksbake.chroot import api_filesystems
+    from ksbake.lock import RepoSpec, make_base
+
+    lock = json.loads(Path(lock_path).read_text())
+    root = Path(tree)
+    root.mkdir(parents=True, exist_ok=True)
+    specs = [RepoSpec(**{**r, "baseurl": tuple(r["baseurl"]), "includepkgs": tuple(r["includepkgs"]),
+                         "excludepkgs": tuple(r["excludepkgs"])}) for r in repos]
+    with tempfile.TemporaryDirectory(prefix="ksbake-pkgs-") as tmp:
+        base = make_base(
+            installroot=root,
+            cachedir=Path(dnf_cache),
+            persistdir=root / "var/lib/dnf",
+            logdir=Path(tmp) / "log",
+            releasever=lock["releasever"],
+            basearch=lock["basearch"],
+            repos=specs,
+            install_weak_deps=False,
+        )
+        opts = lock["install"]
+        if opts.get("excludedocs"):
+            base.conf.tsflags = [*base.conf.tsflags, "nodocs"]
+        if opts.get("instlangs") is not None:
+            rpm.addMacro("_install_langs", opts["instlangs"] or "none")
+        try:
+            from ksbake.lock import load_metadata
+
+            load_metadata(base)
+            wanted = _mark_exact(base, lock["packages"])
+            base.resolve(allow_erasing=False)
+            got = {_nevra_of(p) for p in base.transaction.install_set}
+            if got != wanted:
+                extra = sorted(got - wanted)
+                lacking = sorted(wanted - got)
+                raise PackageError(
+                    "the locked package set is not self-consistent: "
+                    f"extra {extra[:5]}, missing {lacking[:5]}",
+                    hint="re-lock: delete the lock object or change the kickstart",
+                )
+            pkgs = sorted(base.transaction.install_set, key=lambda p: p.name)
+            size = sum(p.downloadsize for p in pkgs)
+            print(f"Downloading {len(pkgs)} packages ({size / 2**20:.1f} MiB, cached ones reused)",
+                  flush=True)
+            base.download_packages(pkgs)
+            progress = _Progress(len(pkgs))
+
+            class Display(dnf.callback.TransactionProgress):
+                def progress(self, package, action, ti_done, ti_total, ts_done, ts_total):  # noqa: ANN001
+                    if package is not None and action in (dnf.callback.PKG_INSTALL,):
+                        progress.installing(str(package))
+
+                def error(self, message):  # noqa: ANN001
+                    print(f"rpm: {message}", file=sys.stderr, flush=True)
+
+            print(f"Installing {len(pkgs)} packages into the tree", flush=True)
+            with api_filesystems(root):
+                base.do_transaction(display=Display())
+        except dnf.exceptions.DownloadError as exc:
+            raise PackageError(f"package download failed: {exc}") from None
+        except dnf.exceptions.TransactionCheckError as exc:
+            raise PackageError(f"rpm transaction check failed: {exc}") from None
+        except dnf.exceptions.Error as exc:
+            raise PackageError(f"dnf: {exc}") from None
+        finally:
+            base.close()
+    rpmdb = root / "usr/lib/sysimage/rpm"
+    if not rpmdb.is_dir():
+        raise BuildError(f"rpm database missing after install (expected {rpmdb})")
+    return {"packages": len(lock["packages"])}
+
+
+def _nevra(p: dict[str, Any]) -> str:
+    return f"{p['name']}-{p['epoch']}:{p['version']}-{p['release']}.{p['arch']}"
+
+
+def _nevra_of(pkg: Any) -> str:
+    return f"{pkg.name}-{pkg.epoch}:{pkg.version}-{pkg.release}.{pkg.arch}"
+
+
+def _mark_exact(base: Any, packages: list[dict[str, Any]]) -> set[str]:
+    """Mark every locked package for install, requiring its exact NEVRA, repo and sha256."""
+    wanted = set()
+    for p in packages:
+        query = base.sack.query().available().filter(
+            name=p["name"], epoch=p["epoch"], version=p["version"], release=p["release"],
+            arch=p["arch"], reponame=p["repo"],
+        )
+        matches = [pkg for pkg in query if pkg.returnIdSum() == ("sha256", p["sha256"])]
+        if not matches:
+            raise PackageError(
+                f"locked package {_nevra(p)} (repo {p['repo']}) is no longer in the repositories "
+                "with the locked checksum",
+                hint="the repository changed under the lock; rebuild to re-lock",
+            )
+        base.package_install(matches[0], strict=True)
+        wanted.add(_nevra(p))
+    return wanted
+
+
+# -- the layer step, run in the build process ----------------------------------------------
+
+def step(paths: Any, name: str) -> None:
+    """Obtain the tree for this appliance's lock from the store (install it if absent)."""
+    import time
+
+    from ksbake import report, sandbox
+    from ksbake.hashing import canonical_json, write_if_changed
+    from ksbake.store import Store
+
+    started = time.monotonic()
+    build = paths.build_dir(name)
+    lock_text = (build / "lock.json").read_text()
+    state = json.loads((build / "lock.state.json").read_text())
+    repos = [info["spec"] for info in state["repos"].values() if "spec" in info]
+    key = key_for(lock_text, tool_versions())
+
+    def build_tree(staging: Path) -> dict[str, Any]:
+        sandbox.call("ksbake.packages:install", {
+            "lock_path": str(build / "lock.json"), "repos": repos,
+            "tree": str(staging / "tree"), "dnf_cache": str(paths.dnf_cache)})
+        return {"size": report.tree_size(staging / "tree")}
+
+    obtained = Store(paths.store).obtain("packages", key, build_tree)
+    write_if_changed(build / "packages.ref", canonical_json({"key": key}) + "\n")
+    report.record(paths, name, "packages", key, obtained.built, time.monotonic() - started,
+                  obtained.meta.get("size"))
+
+
+def tree_path(paths: Any, key: str) -> Path:
+    return paths.store / "objects" / "packages" / key / "tree"

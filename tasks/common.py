@@ -1,0 +1,53 @@
+"""Shared doit plumbing: the xxhash file checker, error handling, paths."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from doit.dependency import FileChangedChecker
+from doit.exceptions import TaskFailed
+
+from ksbake.errors import KsbakeError
+from ksbake.hashing import file_digest
+from ksbake.paths import Paths
+
+PATHS = Paths.from_env()
+
+
+class XxhashChecker(FileChangedChecker):
+    """Like doit's MD5Checker (mtime, then size, then content hash), with xxh3_128."""
+
+    def check_modified(self, file_path: str, file_stat: os.stat_result, state: Any) -> bool:
+        timestamp, size, digest = state
+        if file_stat.st_mtime == timestamp:
+            return False
+        if file_stat.st_size != size:
+            return True
+        return digest != file_digest(file_path)
+
+    def get_state(self, dep: str, current_state: Any) -> Any:
+        timestamp = os.path.getmtime(dep)
+        if current_state and current_state[0] == timestamp:
+            return None
+        return timestamp, os.path.getsize(dep), file_digest(dep)
+
+
+def action(step: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+    """Wrap a layer step for doit: a KsbakeError becomes one clear line, not a traceback."""
+
+    @functools.wraps(step)
+    def run() -> Any:
+        try:
+            step(*args)
+        except KsbakeError as exc:
+            if os.environ.get("KSBAKE_DEBUG"):
+                raise
+            print(f"ksbake: error: {exc}", file=sys.stderr, flush=True)
+            return TaskFailed(str(exc))
+        return None
+
+    return run

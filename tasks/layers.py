@@ -1,0 +1,76 @@
+"""doit tasks of the layers up to the configured tree: one sub-task per appliance.
+
+Each task's inputs are the small files written by the layer before it; each action asks the
+store first (``ksbake.store``), so doit decides *when* to look and the store *whether* to build.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from doit.tools import config_changed
+
+from ksbake import config, inputs, lock, packages
+from tasks.common import PATHS, action
+
+
+def _build(name: str, file: str) -> str:
+    return str(PATHS.build_dir(name) / file)
+
+
+def task_kickstart() -> Iterator[dict]:
+    """Parse each kickstart and split it into per-layer inputs."""
+    for name in PATHS.appliances():
+        settings_file = PATHS.settings(name)
+        deps = inputs.recorded_files(PATHS, name)
+        if settings_file.exists():
+            deps.append(str(settings_file))
+        yield {
+            "name": name,
+            "doc": f"parse configs/{name}.ks",
+            "actions": [action(inputs.step, PATHS, name)],
+            "file_dep": deps,
+            "targets": [_build(name, f"inputs/{layer}.json") for layer in inputs.LAYERS],
+            # an environment override is an input too: rerun when it changes
+            "uptodate": [config_changed({"KSBAKE_MIRRORS": os.environ.get("KSBAKE_MIRRORS", "")})],
+            "clean": True,
+        }
+
+
+def task_lock() -> Iterator[dict]:
+    """Depsolve each appliance's %packages into a lock file."""
+    for name in PATHS.appliances():
+        yield {
+            "name": name,
+            "doc": f"resolve the package set of {name}",
+            "actions": [action(lock.step, PATHS, name)],
+            "file_dep": [_build(name, "inputs/lock.json")],
+            "targets": [_build(name, "lock.json"), _build(name, "lock.state.json")],
+            "task_dep": ["repo"] if inputs.uses_bundled_repo(PATHS, name) else [],
+            "uptodate": [(lock.metadata_unchanged, [PATHS, name])],
+        }
+
+
+def task_packages() -> Iterator[dict]:
+    """Install each appliance's locked package set (shared between identical locks)."""
+    for name in PATHS.appliances():
+        yield {
+            "name": name,
+            "doc": f"install the locked packages of {name}",
+            "actions": [action(packages.step, PATHS, name)],
+            "file_dep": [_build(name, "lock.json")],
+            "targets": [_build(name, "packages.ref")],
+        }
+
+
+def task_config() -> Iterator[dict]:
+    """Apply system settings and %post over each installed tree."""
+    for name in PATHS.appliances():
+        yield {
+            "name": name,
+            "doc": f"configure {name} (settings, users, %post)",
+            "actions": [action(config.step, PATHS, name)],
+            "file_dep": [_build(name, "packages.ref"), _build(name, "inputs/config.json")],
+            "targets": [_build(name, "config.ref")],
+        }

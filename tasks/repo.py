@@ -1,0 +1,23 @@
+"""doit task: the bundled offline package repository (built once, kept in the store)."""
+
+from __future__ import annotations
+
+from tasks.common import PATHS, action
+
+
+def _sources() -> list[str]:
+    files = sorted(str(p) for p in PATHS.repo_sources.rglob("*") if p.is_file())
+    return [*files, str(PATHS.root / "ksbake" / "bundledrepo.py")]
+
+
+def task_repo() -> dict:
+    """Build the bundled RPM repository (base + updates) from Debian packages."""
+    from ksbake import bundledrepo
+
+    return {
+        "doc": "build the bundled offline RPM repository (cache/repo/{base,updates})",
+        "actions": [action(bundledrepo.step, PATHS)],
+        "file_dep": _sources(),
+        "targets": [str(PATHS.bundled_repo / "base" / "repodata" / "repomd.xml")],
+        "clean": False,
+    }
