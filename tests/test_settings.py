@@ -1,0 +1,43 @@
+"""Appliance settings: validation errors name the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ksbake import settings
+from ksbake.errors import ConfigError
+
+
+def test_defaults_without_file(tmp_path: Path) -> None:
+    conf = settings.load("x", tmp_path, environ={})
+    assert conf.syntax == settings.DEFAULT_SYNTAX and conf.mirrors == {}
+
+
+def test_values_and_env_override(tmp_path: Path) -> None:
+    (tmp_path / "x.toml").write_text('releasever = 39\n[mirrors]\nfedora = "file:///a"\n')
+    conf = settings.load("x", tmp_path, environ={"KSBAKE_MIRRORS": "updates=file:///b"})
+    assert conf.releasever == "39"
+    assert conf.mirrors == {"fedora": "file:///a", "updates": "file:///b"}
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("colour = 1\n", "unknown key 'colour'"),
+        ('compat = "yes"\n', "key 'compat' must be a bool"),
+        ("syntax = [\n", "x.toml"),
+        ("[mirrors]\nfedora = 3\n", "mirrors.fedora"),
+    ],
+)
+def test_errors_name_file_and_key(tmp_path: Path, text: str, needle: str) -> None:
+    (tmp_path / "x.toml").write_text(text)
+    with pytest.raises(ConfigError) as info:
+        settings.load("x", tmp_path, environ={})
+    assert needle in str(info.value) and str(tmp_path / "x.toml") in str(info.value)
+
+
+def test_bad_mirror_env() -> None:
+    with pytest.raises(ConfigError, match="KSBAKE_MIRRORS"):
+        settings.parse_mirrors("fedora", "KSBAKE_MIRRORS")
