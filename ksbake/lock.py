@@ -376,7 +376,7 @@ def _depsolve(base: Any, ksdata: Any, excluded: list[str], warnings: list[str]) 
         print(f"warning: {warning}", file=sys.stderr)
     return {
         "install": {
-            "excludedocs": bool(ksdata.excludedocs),
+            "excludedocs": bool(ksdata.excludeDocs),
             "instlangs": ksdata.instLangs if ksdata.instLangs is not None else None,
         },
         "packages": packages,

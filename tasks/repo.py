@@ -19,5 +19,4 @@ def task_repo() -> dict:
         "actions": [action(bundledrepo.step, PATHS)],
         "file_dep": _sources(),
         "targets": [str(PATHS.bundled_repo / "base" / "repodata" / "repomd.xml")],
-        "clean": False,
     }

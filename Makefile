@@ -1,0 +1,27 @@
+# The two commands of the README: `make demo` and `make test`. Each sets up what it needs.
+PY := .venv/bin/python
+
+.PHONY: setup demo test check lint bench clean
+
+setup:
+	@sh scripts/setup-host
+
+# Build the demo appliance from the bundled offline repository.
+demo: setup
+	$(PY) -m doit appliance:demo
+
+# Every test, including the real builds (bundled repository, dnf installs).
+test: setup
+	$(PY) -m ruff check .
+	$(PY) -m pytest -m "" tests
+
+# Fast unit tests only.
+check: setup
+	$(PY) -m ruff check .
+	$(PY) -m pytest -m "not slow and not boot" tests
+
+bench: setup
+	$(PY) bench/noop.py
+
+clean:
+	rm -rf cache out
