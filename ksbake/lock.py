@@ -372,8 +372,6 @@ def _depsolve(base: Any, ksdata: Any, excluded: list[str], warnings: list[str]) 
              "release": pkg.release, "arch": pkg.arch, "repo": pkg.reponame, "sha256": digest}
         )
     packages.sort(key=lambda p: (p["name"], p["arch"], p["epoch"], p["version"], p["release"]))
-    for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
     return {
         "install": {
             "excludedocs": bool(ksdata.excludeDocs),
@@ -423,6 +421,8 @@ def step(paths: Any, name: str) -> None:
          "dnf_cache": str(paths.dnf_cache)},
         isolate=False,
     )
+    for warning in result["warnings"]:  # also when the lock was reused from the store
+        print(f"warning: lock:{name}: {warning}", file=sys.stderr, flush=True)
     new_text = Path(result["lock_path"]).read_text()
     lock_file = build / "lock.json"
     if lock_file.exists() and lock_file.read_text() != new_text:

@@ -85,8 +85,8 @@ class Workspace:
              *args],
             env=env, capture_output=True, text=True, timeout=timeout, check=False,
         )
-        ran = re.findall(r"^\. (\S+)$", proc.stdout, re.M)
-        uptodate = re.findall(r"^-- (\S+)$", proc.stdout, re.M)
+        ran = re.findall(r"^\.\s+(\S+)$", proc.stdout, re.M)
+        uptodate = re.findall(r"^--\s+(\S+)$", proc.stdout, re.M)
         return Result(proc.returncode, proc.stdout, proc.stderr, ran, uptodate,
                       self.events()[before:])
 
