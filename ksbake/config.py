@@ -37,11 +37,13 @@ CHROOT_ENV = {
 
 
 def key_for(ks_text: str, syntax: str, packages_key: str) -> str:
-    return layer_key("config", CODE_VERSION, {"ks": ks_text, "syntax": syntax},
-                     {"packages": packages_key})
+    return layer_key(
+        "config", CODE_VERSION, {"ks": ks_text, "syntax": syntax}, {"packages": packages_key}
+    )
 
 
 # -- passwords ------------------------------------------------------------------------------
+
 
 def sha512_crypt(password: str, salt: str) -> str:
     """SHA-512 crypt(3) via the system's libcrypt (Python's crypt module is gone in 3.13)."""
@@ -71,6 +73,7 @@ def password_field(password: str, crypted: bool, lock: bool, seed: str, who: str
 
 # -- /etc/passwd, /etc/group, /etc/shadow ---------------------------------------------------
 
+
 class Table:
     """A colon-separated account database inside the tree, edited in place."""
 
@@ -78,7 +81,9 @@ class Table:
         self.root, self.path, self.width = root, path, width
         text = treefs.read_text(root, path)
         if text is None:
-            raise BuildError(f"{path} does not exist in the tree (is the 'setup' package installed?)")
+            raise BuildError(
+                f"{path} does not exist in the tree (is the 'setup' package installed?)"
+            )
         target = treefs.resolve(root, path)
         st = target.stat()
         self.mode, self.uid, self.gid = st.st_mode & 0o7777, st.st_uid, st.st_gid
@@ -116,15 +121,19 @@ def apply_accounts(root: Path, handler: Any, seed: str) -> None:
     keys = handler.sshkey.sshUserList
     if not (rootpw.seen or users or groups or keys):
         return
-    passwd, shadow, group = Table(root, "/etc/passwd", 7), Table(root, "/etc/shadow", 9), Table(
-        root, "/etc/group", 4
+    passwd, shadow, group = (
+        Table(root, "/etc/passwd", 7),
+        Table(root, "/etc/shadow", 9),
+        Table(root, "/etc/group", 4),
     )
     gshadow = Table(root, "/etc/gshadow", 4) if treefs.exists(root, "/etc/gshadow") else None
     if rootpw.seen:
         row = shadow.get("root") or ["root", "", "", "0", "99999", "7", "", "", ""]
         pw = rootpw.password or ""
-        row[1] = password_field(pw, rootpw.isCrypted, rootpw.lock, seed, "root") if pw else (
-            "!" if rootpw.lock else row[1]
+        row[1] = (
+            password_field(pw, rootpw.isCrypted, rootpw.lock, seed, "root")
+            if pw
+            else ("!" if rootpw.lock else row[1])
         )
         shadow.put(row)
     for grp in groups:
@@ -179,6 +188,7 @@ def apply_accounts(root: Path, handler: Any, seed: str) -> None:
 
 # -- locale, keyboard, time zone, network -----------------------------------------------
 
+
 def apply_system(root: Path, handler: Any, warnings: list[str]) -> None:
     if handler.lang.lang:
         treefs.write_file(root, "/etc/locale.conf", f"LANG={handler.lang.lang}\n")
@@ -192,8 +202,9 @@ def apply_system(root: Path, handler: Any, warnings: list[str]) -> None:
         if not treefs.exists(root, zone):
             warnings.append(f"timezone {tz.timezone}: {zone} is not in the tree (tzdata missing?)")
         treefs.symlink(root, "/etc/localtime", f"..{zone}")
-        treefs.write_file(root, "/etc/adjtime",
-                          "0.0 0 0.0\n0\n" + ("UTC\n" if tz.isUtc else "LOCAL\n"))
+        treefs.write_file(
+            root, "/etc/adjtime", "0.0 0 0.0\n0\n" + ("UTC\n" if tz.isUtc else "LOCAL\n")
+        )
     hostname = getattr(handler.network, "hostname", None)
     for net in handler.network.network:
         if net.hostname:
@@ -220,16 +231,20 @@ def apply_services(root: Path, handler: Any, warnings: list[str]) -> None:
 def apply_security(root: Path, handler: Any, warnings: list[str]) -> None:
     from pykickstart.constants import SELINUX_DISABLED, SELINUX_ENFORCING, SELINUX_PERMISSIVE
 
-    mode = {SELINUX_DISABLED: "disabled", SELINUX_ENFORCING: "enforcing",
-            SELINUX_PERMISSIVE: "permissive"}.get(handler.selinux.selinux)
+    mode = {
+        SELINUX_DISABLED: "disabled",
+        SELINUX_ENFORCING: "enforcing",
+        SELINUX_PERMISSIVE: "permissive",
+    }.get(handler.selinux.selinux)
     if mode:
         config = treefs.read_text(root, "/etc/selinux/config")
         if config is None:
             if mode != "disabled":
                 warnings.append(f"selinux --{mode}: no SELinux policy in the tree; nothing to set")
         else:
-            lines = [f"SELINUX={mode}" if ln.startswith("SELINUX=") else ln
-                     for ln in config.splitlines()]
+            lines = [
+                f"SELINUX={mode}" if ln.startswith("SELINUX=") else ln for ln in config.splitlines()
+            ]
             treefs.write_file(root, "/etc/selinux/config", "\n".join(lines) + "\n")
     fw = handler.firewall
     if fw.enabled is None:
@@ -250,6 +265,7 @@ def _chroot_run(root: Path, argv: list[str], what: str) -> subprocess.CompletedP
 
 
 # -- %post ----------------------------------------------------------------------------------
+
 
 def run_post_scripts(root: Path, handler: Any, ks_dir: str) -> None:
     from pykickstart.constants import KS_SCRIPT_POST
@@ -274,8 +290,9 @@ def run_post_scripts(root: Path, handler: Any, ks_dir: str) -> None:
             env = {**os.environ, "INSTALL_ROOT": str(root)}
             cwd = ks_dir
         env["SOURCE_DATE_EPOCH"] = os.environ.get("SOURCE_DATE_EPOCH", "0")
-        proc = subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, check=False)
+        proc = subprocess.run(
+            argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False
+        )
         output = proc.stdout.decode(errors="replace")
         for line in output.splitlines():
             print(f"  | {line}", flush=True)
@@ -298,17 +315,15 @@ def run_post_scripts(root: Path, handler: Any, ks_dir: str) -> None:
             print(f"warning: {message} (not --erroronfail: continuing)", file=sys.stderr)
 
 
-def configure(ks_text: str, syntax: str, lower: list[str], staging: str, ks_dir: str,
-              seed: str) -> dict[str, Any]:
+def configure(
+    ks_text: str, syntax: str, lower: list[str], staging: str, ks_dir: str, seed: str
+) -> dict[str, Any]:
     """Worker entry point (private mount namespace): build ``staging/upper`` over ``lower``."""
-    from pykickstart.parser import KickstartParser
-    from pykickstart.version import makeVersion
-
     from ksbake.chroot import api_filesystems, mount_overlay
+    from ksbake.kickstart import parse_fragment
     from ksbake.store import remove_tree
 
-    handler = makeVersion(syntax)
-    KickstartParser(handler, followIncludes=False).readKickstartFromString(ks_text)
+    handler = parse_fragment(ks_text, syntax)
     stage = Path(staging)
     merged = stage / "merged"
     mount_overlay([Path(p) for p in lower], stage / "upper", stage / "work", merged)
@@ -331,6 +346,7 @@ def configure(ks_text: str, syntax: str, lower: list[str], staging: str, ks_dir:
 
 # -- the layer step, run in the build process ----------------------------------------------
 
+
 def step(paths: Any, name: str) -> None:
     """Obtain the configured tree (an overlay upper dir over the packages tree)."""
     import json
@@ -347,18 +363,36 @@ def step(paths: Any, name: str) -> None:
     key = key_for(inputs["ks"], inputs["syntax"], packages_key)
 
     def build_upper(staging: Path) -> dict[str, Any]:
-        result = sandbox.call("ksbake.config:configure", {
-            "ks_text": inputs["ks"], "syntax": inputs["syntax"],
-            "lower": [str(packages.tree_path(paths, packages_key))], "staging": str(staging),
-            "ks_dir": inputs["ks_dir"], "seed": key})
-        return {"size": report.tree_size(staging / "upper"), "warnings": result["warnings"],
-                "parents": {"packages": packages_key}}
+        result = sandbox.call(
+            "ksbake.config:configure",
+            {
+                "ks_text": inputs["ks"],
+                "syntax": inputs["syntax"],
+                "lower": [str(packages.tree_path(paths, packages_key))],
+                "staging": str(staging),
+                "ks_dir": inputs["ks_dir"],
+                "seed": key,
+            },
+        )
+        return {
+            "size": report.tree_size(staging / "upper"),
+            "warnings": result["warnings"],
+            "parents": {"packages": packages_key},
+        }
 
     obtained = Store(paths.store).obtain("config", key, build_upper)
-    write_if_changed(build / "config.ref",
-                     canonical_json({"key": key, "packages": packages_key}) + "\n")
-    report.record(paths, name, "config", key, obtained.built, time.monotonic() - started,
-                  obtained.meta.get("size"))
+    write_if_changed(
+        build / "config.ref", canonical_json({"key": key, "packages": packages_key}) + "\n"
+    )
+    report.record(
+        paths,
+        name,
+        "config",
+        key,
+        obtained.built,
+        time.monotonic() - started,
+        obtained.meta.get("size"),
+    )
 
 
 def layers(paths: Any, name: str) -> list[Path]:
@@ -368,5 +402,7 @@ def layers(paths: Any, name: str) -> list[Path]:
     from ksbake import packages
 
     ref = json.loads((paths.build_dir(name) / "config.ref").read_text())
-    return [paths.store / "objects" / "config" / ref["key"] / "upper",
-            packages.tree_path(paths, ref["packages"])]
+    return [
+        paths.store / "objects" / "config" / ref["key"] / "upper",
+        packages.tree_path(paths, ref["packages"]),
+    ]

@@ -14,7 +14,9 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def layer_key(layer: str, code_version: int, inputs: Any, parents: dict[str, str] | None = None) -> str:
+def layer_key(
+    layer: str, code_version: int, inputs: Any, parents: dict[str, str] | None = None
+) -> str:
     """Key of a layer object: hash(layer name, code version, canonical inputs, parent keys).
 
     Nothing else goes in; the caller must pass everything the layer reads.

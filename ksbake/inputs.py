@@ -9,6 +9,7 @@ untouched and doit skips it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -27,10 +28,16 @@ def layer_inputs(ks: kickstart.Kickstart, conf: settings.Settings) -> dict[str, 
     """What each layer reads, as JSON-able dicts (``ks`` is a re-parsable kickstart fragment)."""
     s = ks.sections
     return {
-        "lock": {"ks": s["repos"] + s["packages"], "syntax": conf.syntax,
-                 "settings": conf.lock_inputs()},
-        "config": {"ks": s["system"] + s["post"], "syntax": conf.syntax,
-                   "ks_dir": str(ks.path.parent)},
+        "lock": {
+            "ks": s["repos"] + s["packages"],
+            "syntax": conf.syntax,
+            "settings": conf.lock_inputs(),
+        },
+        "config": {
+            "ks": s["system"] + s["post"],
+            "syntax": conf.syntax,
+            "ks_dir": str(ks.path.parent),
+        },
         "disks": {"ks": s["partitions"], "syntax": conf.syntax},
         "bootloader": {"ks": s["bootloader"], "syntax": conf.syntax},
     }
@@ -70,9 +77,7 @@ def uses_bundled_repo(paths: Paths, name: str) -> bool:
 
     texts = []
     for f in [*recorded_files(paths, name), str(paths.settings(name))]:
-        try:
+        with contextlib.suppress(OSError):
             texts.append(Path(f).read_text(errors="replace"))
-        except OSError:
-            pass
     texts.append(os.environ.get("KSBAKE_MIRRORS", ""))
     return any("ksbake_repo" in t for t in texts)

@@ -318,6 +318,17 @@ def canonical_sections(handler: BaseHandler) -> dict[str, str]:
     }
 
 
+def parse_fragment(text: str, syntax: str) -> BaseHandler:
+    """Parse a canonical section text (a layer's input) back into a handler.
+
+    The text comes from ``canonical_sections`` of an already validated kickstart, so it
+    has no %include and parses at the same syntax version.
+    """
+    handler = ksversion.makeVersion(_syntax(syntax)[1])
+    KickstartParser(handler, followIncludes=False).readKickstartFromString(text)
+    return handler
+
+
 def _commands_text(handler: BaseHandler, names: tuple[str, ...]) -> str:
     chunks: list[str] = []
     done: set[int] = set()

@@ -46,31 +46,36 @@ class RepoSpec:
     proxy: str | None
 
 
-def _parse_fragment(text: str, syntax: str):  # noqa: ANN202 - pykickstart handler
-    from pykickstart.parser import KickstartParser
-    from pykickstart.version import makeVersion
-
-    handler = makeVersion(syntax)
-    KickstartParser(handler, followIncludes=False).readKickstartFromString(text)
-    return handler
-
-
 def expand(url: str | None, bundled_repo: str) -> str | None:
     """Expand ``$ksbake_repo`` (the bundled repository); dnf expands $releasever/$basearch."""
     if url is None:
         return None
-    return url.replace("${" + BUNDLED_VAR + "}", bundled_repo).replace("$" + BUNDLED_VAR, bundled_repo)
+    return url.replace("${" + BUNDLED_VAR + "}", bundled_repo).replace(
+        "$" + BUNDLED_VAR, bundled_repo
+    )
 
 
 def repo_specs(handler: Any, mirrors: dict[str, str], bundled_repo: str) -> list[RepoSpec]:
     """Repositories from ``repo`` lines and the ``url`` command, with mirror overrides applied."""
     specs: list[RepoSpec] = []
     url = handler.url
-    if getattr(url, "url", None) or getattr(url, "mirrorlist", None) or getattr(url, "metalink", None):
+    if (
+        getattr(url, "url", None)
+        or getattr(url, "mirrorlist", None)
+        or getattr(url, "metalink", None)
+    ):
         specs.append(
-            RepoSpec("ks-url", (url.url,) if url.url else (), url.mirrorlist,
-                     getattr(url, "metalink", None), (), (), None,
-                     not getattr(url, "noverifyssl", False), getattr(url, "proxy", None) or None)
+            RepoSpec(
+                "ks-url",
+                (url.url,) if url.url else (),
+                url.mirrorlist,
+                getattr(url, "metalink", None),
+                (),
+                (),
+                None,
+                not getattr(url, "noverifyssl", False),
+                getattr(url, "proxy", None) or None,
+            )
         )
     for repo in handler.repo.repoList:
         specs.append(
@@ -89,14 +94,24 @@ def repo_specs(handler: Any, mirrors: dict[str, str], bundled_repo: str) -> list
     unknown = set(mirrors) - {s.name for s in specs}
     if unknown:
         raise PackageError(
-            f"mirror override names repositories the kickstart does not have: {', '.join(sorted(unknown))}",
+            "mirror override names repositories the kickstart does not have: "
+            + ", ".join(sorted(unknown)),
             hint=f"kickstart repositories: {', '.join(s.name for s in specs) or 'none'}",
         )
     out = []
     for spec in specs:
         if spec.name in mirrors:
-            spec = RepoSpec(spec.name, (mirrors[spec.name],), None, None, spec.includepkgs,
-                            spec.excludepkgs, spec.cost, spec.sslverify, spec.proxy)
+            spec = RepoSpec(
+                spec.name,
+                (mirrors[spec.name],),
+                None,
+                None,
+                spec.includepkgs,
+                spec.excludepkgs,
+                spec.cost,
+                spec.sslverify,
+                spec.proxy,
+            )
         out.append(
             RepoSpec(
                 spec.name,
@@ -180,8 +195,10 @@ def load_metadata(base: Any) -> None:
     try:
         base.fill_sack(load_system_repo=False, load_available_repos=True)
     except dnf.exceptions.RepoError as exc:
-        raise PackageError(f"cannot load repository metadata: {exc}",
-                           hint="check the repo URL, the mirror override and the network") from None
+        raise PackageError(
+            f"cannot load repository metadata: {exc}",
+            hint="check the repo URL, the mirror override and the network",
+        ) from None
 
 
 def metadata_digests(base: Any) -> dict[str, dict[str, str | None]]:
@@ -193,12 +210,16 @@ def metadata_digests(base: Any) -> dict[str, dict[str, str | None]]:
     """
     out: dict[str, dict[str, str | None]] = {}
     for repo in sorted(base.repos.iter_enabled(), key=lambda r: r.id):
-        local = [Path(u[len("file://"):]) / "repodata" / "repomd.xml"
-                 for u in repo.baseurl if u.startswith("file://")]
+        local = [
+            Path(u[len("file://") :]) / "repodata" / "repomd.xml"
+            for u in repo.baseurl
+            if u.startswith("file://")
+        ]
         cached = Path(repo._repo.getCachedir()) / "repodata" / "repomd.xml"
         found = next((c for c in [*local, cached] if c.is_file()), None)
         out[repo.id] = {
-            "digest": file_digest(found) if found
+            "digest": file_digest(found)
+            if found
             else f"rev:{repo._repo.getRevision()}:{repo._repo.getMaxTimestamp()}",
             "repomd": str(local[0]) if local and local[0].is_file() else None,
         }
@@ -274,7 +295,9 @@ def resolve(
     """
     import dnf.exceptions
 
-    handler = _parse_fragment(ks_text, syntax)
+    from ksbake.kickstart import parse_fragment
+
+    handler = parse_fragment(ks_text, syntax)
     ksdata = handler.packages
     repos = repo_specs(handler, settings.get("mirrors", {}), bundled_repo)
     releasever, basearch = settings["releasever"], settings["basearch"]
@@ -301,9 +324,13 @@ def resolve(
             key = layer_key(
                 "lock",
                 CODE_VERSION,
-                {"ks": ks_text, "syntax": syntax, "settings": settings,
-                 "repos": [spec.__dict__ | {"baseurl": list(spec.baseurl)} for spec in repos],
-                 "metadata": {k: v["digest"] for k, v in digests.items()}},
+                {
+                    "ks": ks_text,
+                    "syntax": syntax,
+                    "settings": settings,
+                    "repos": [spec.__dict__ | {"baseurl": list(spec.baseurl)} for spec in repos],
+                    "metadata": {k: v["digest"] for k, v in digests.items()},
+                },
             )
 
             def build(staging: Path) -> dict[str, Any]:
@@ -319,8 +346,10 @@ def resolve(
             base.close()
     for spec in repos:
         digests.get(spec.name, {})["spec"] = spec.__dict__ | {  # type: ignore[assignment]
-            "baseurl": list(spec.baseurl), "includepkgs": list(spec.includepkgs),
-            "excludepkgs": list(spec.excludepkgs)}
+            "baseurl": list(spec.baseurl),
+            "includepkgs": list(spec.includepkgs),
+            "excludepkgs": list(spec.excludepkgs),
+        }
     return {
         "key": key,
         "lock_path": str(obtained.path / "lock.json"),
@@ -368,8 +397,15 @@ def _depsolve(base: Any, ksdata: Any, excluded: list[str], warnings: list[str]) 
         if kind != "sha256":
             raise PackageError(f"{pkg}: repository gives a {kind} checksum; ksbake needs sha256")
         packages.append(
-            {"name": pkg.name, "epoch": pkg.epoch, "version": pkg.version,
-             "release": pkg.release, "arch": pkg.arch, "repo": pkg.reponame, "sha256": digest}
+            {
+                "name": pkg.name,
+                "epoch": pkg.epoch,
+                "version": pkg.version,
+                "release": pkg.release,
+                "arch": pkg.arch,
+                "repo": pkg.reponame,
+                "sha256": digest,
+            }
         )
     packages.sort(key=lambda p: (p["name"], p["arch"], p["epoch"], p["version"], p["release"]))
     return {
@@ -383,6 +419,7 @@ def _depsolve(base: Any, ksdata: Any, excluded: list[str], warnings: list[str]) 
 
 def diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Human-readable changes between two locks ("rootfiles 9.0-1 -> 9.0-2")."""
+
     def evr(p: dict[str, Any]) -> str:
         return (f"{p['epoch']}:" if p["epoch"] else "") + f"{p['version']}-{p['release']}"
 
@@ -400,8 +437,8 @@ def diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return lines
 
 
-
 # -- the layer step, run in the build process ----------------------------------------------
+
 
 def step(paths: Any, name: str) -> None:
     """Resolve (in a worker), then publish the lock at ``build/NAME/lock.json`` if it changed."""
@@ -416,9 +453,14 @@ def step(paths: Any, name: str) -> None:
     inputs = json.loads((build / "inputs" / "lock.json").read_text())
     result = sandbox.call(
         "ksbake.lock:resolve",
-        {"ks_text": inputs["ks"], "syntax": inputs["syntax"], "settings": inputs["settings"],
-         "bundled_repo": str(paths.bundled_repo), "store": str(paths.store),
-         "dnf_cache": str(paths.dnf_cache)},
+        {
+            "ks_text": inputs["ks"],
+            "syntax": inputs["syntax"],
+            "settings": inputs["settings"],
+            "bundled_repo": str(paths.bundled_repo),
+            "store": str(paths.store),
+            "dnf_cache": str(paths.dnf_cache),
+        },
         isolate=False,
     )
     for warning in result["warnings"]:  # also when the lock was reused from the store
@@ -431,10 +473,11 @@ def step(paths: Any, name: str) -> None:
         for line in changes:
             print(f"  {line}", flush=True)
     write_if_changed(lock_file, new_text)
-    write_if_changed(build / "lock.state.json",
-                     canonical_json({"key": result["key"], "repos": result["repos"]}) + "\n")
-    report.record(paths, name, "lock", result["key"], result["built"],
-                  time.monotonic() - started)
+    write_if_changed(
+        build / "lock.state.json",
+        canonical_json({"key": result["key"], "repos": result["repos"]}) + "\n",
+    )
+    report.record(paths, name, "lock", result["key"], result["built"], time.monotonic() - started)
 
 
 def metadata_unchanged(paths: Any, name: str) -> bool:

@@ -48,7 +48,9 @@ class _Progress:
             print(f"  [{len(self.done)}/{self.total}] {name}", flush=True)
 
 
-def install(lock_path: str, repos: list[dict[str, Any]], tree: str, dnf_cache: str) -> dict[str, Any]:
+def install(
+    lock_path: str, repos: list[dict[str, Any]], tree: str, dnf_cache: str
+) -> dict[str, Any]:
     """Worker entry point (run in a private mount namespace): install the lock into ``tree``."""
     import dnf
     import dnf.callback
@@ -61,8 +63,17 @@ def install(lock_path: str, repos: list[dict[str, Any]], tree: str, dnf_cache: s
     lock = json.loads(Path(lock_path).read_text())
     root = Path(tree)
     root.mkdir(parents=True, exist_ok=True)
-    specs = [RepoSpec(**{**r, "baseurl": tuple(r["baseurl"]), "includepkgs": tuple(r["includepkgs"]),
-                         "excludepkgs": tuple(r["excludepkgs"])}) for r in repos]
+    specs = [
+        RepoSpec(
+            **{
+                **r,
+                "baseurl": tuple(r["baseurl"]),
+                "includepkgs": tuple(r["includepkgs"]),
+                "excludepkgs": tuple(r["excludepkgs"]),
+            }
+        )
+        for r in repos
+    ]
     with tempfile.TemporaryDirectory(prefix="ksbake-pkgs-") as tmp:
         base = make_base(
             installroot=root,
@@ -96,8 +107,10 @@ def install(lock_path: str, repos: list[dict[str, Any]], tree: str, dnf_cache: s
                 )
             pkgs = sorted(base.transaction.install_set, key=lambda p: p.name)
             size = sum(p.downloadsize for p in pkgs)
-            print(f"Downloading {len(pkgs)} packages ({size / 2**20:.1f} MiB, cached ones reused)",
-                  flush=True)
+            print(
+                f"Downloading {len(pkgs)} packages ({size / 2**20:.1f} MiB, cached ones reused)",
+                flush=True,
+            )
             base.download_packages(pkgs)
             progress = _Progress(len(pkgs))
 
@@ -138,9 +151,17 @@ def _mark_exact(base: Any, packages: list[dict[str, Any]]) -> set[str]:
     """Mark every locked package for install, requiring its exact NEVRA, repo and sha256."""
     wanted = set()
     for p in packages:
-        query = base.sack.query().available().filter(
-            name=p["name"], epoch=p["epoch"], version=p["version"], release=p["release"],
-            arch=p["arch"], reponame=p["repo"],
+        query = (
+            base.sack.query()
+            .available()
+            .filter(
+                name=p["name"],
+                epoch=p["epoch"],
+                version=p["version"],
+                release=p["release"],
+                arch=p["arch"],
+                reponame=p["repo"],
+            )
         )
         matches = [pkg for pkg in query if pkg.returnIdSum() == ("sha256", p["sha256"])]
         if not matches:
@@ -155,6 +176,7 @@ def _mark_exact(base: Any, packages: list[dict[str, Any]]) -> set[str]:
 
 
 # -- the layer step, run in the build process ----------------------------------------------
+
 
 def step(paths: Any, name: str) -> None:
     """Obtain the tree for this appliance's lock from the store (install it if absent)."""
@@ -172,15 +194,28 @@ def step(paths: Any, name: str) -> None:
     key = key_for(lock_text, tool_versions())
 
     def build_tree(staging: Path) -> dict[str, Any]:
-        sandbox.call("ksbake.packages:install", {
-            "lock_path": str(build / "lock.json"), "repos": repos,
-            "tree": str(staging / "tree"), "dnf_cache": str(paths.dnf_cache)})
+        sandbox.call(
+            "ksbake.packages:install",
+            {
+                "lock_path": str(build / "lock.json"),
+                "repos": repos,
+                "tree": str(staging / "tree"),
+                "dnf_cache": str(paths.dnf_cache),
+            },
+        )
         return {"size": report.tree_size(staging / "tree")}
 
     obtained = Store(paths.store).obtain("packages", key, build_tree)
     write_if_changed(build / "packages.ref", canonical_json({"key": key}) + "\n")
-    report.record(paths, name, "packages", key, obtained.built, time.monotonic() - started,
-                  obtained.meta.get("size"))
+    report.record(
+        paths,
+        name,
+        "packages",
+        key,
+        obtained.built,
+        time.monotonic() - started,
+        obtained.meta.get("size"),
+    )
 
 
 def tree_path(paths: Any, key: str) -> Path:

@@ -13,16 +13,33 @@ from ksbake.paths import Paths
 
 def tree_size(path: Path) -> int:
     """Bytes used on disk (sparse-aware), measured once when an object is built."""
-    out = subprocess.run(["du", "-s", "--block-size=1", str(path)], capture_output=True,
-                         text=True, check=False)
+    out = subprocess.run(
+        ["du", "-s", "--block-size=1", str(path)], capture_output=True, text=True, check=False
+    )
     return int(out.stdout.split()[0]) if out.returncode == 0 and out.stdout else 0
 
 
-def record(paths: Paths, name: str, layer: str, key: str, built: bool, seconds: float,
-           size: int | None = None, note: str | None = None) -> None:
+def record(
+    paths: Paths,
+    name: str,
+    layer: str,
+    key: str,
+    built: bool,
+    seconds: float,
+    size: int | None = None,
+    note: str | None = None,
+) -> None:
     """Append an event and remember the layer's outcome for this appliance's summary."""
-    event = {"time": round(time.time(), 3), "appliance": name, "layer": layer, "key": key,
-             "built": built, "seconds": round(seconds, 3), "size": size, "pid": os.getpid()}
+    event = {
+        "time": round(time.time(), 3),
+        "appliance": name,
+        "layer": layer,
+        "key": key,
+        "built": built,
+        "seconds": round(seconds, 3),
+        "size": size,
+        "pid": os.getpid(),
+    }
     if note:
         event["note"] = note
     paths.events.parent.mkdir(parents=True, exist_ok=True)
@@ -32,8 +49,11 @@ def record(paths: Paths, name: str, layer: str, key: str, built: bool, seconds: 
     summary.parent.mkdir(parents=True, exist_ok=True)
     summary.write_text(json.dumps(event, sort_keys=True))
     verb = "built" if built else "reused"
-    print(f"{layer}:{name}: {verb} {key[:12]} in {seconds:.2f}s"
-          + (f" ({human(size)})" if size else ""), flush=True)
+    print(
+        f"{layer}:{name}: {verb} {key[:12]} in {seconds:.2f}s"
+        + (f" ({human(size)})" if size else ""),
+        flush=True,
+    )
 
 
 def human(size: int | None) -> str:
@@ -57,10 +77,8 @@ def summary(paths: Paths, name: str, layers: list[str]) -> str:
             rows.append(f"{layer:<12} {'-':<7}")
             continue
         ev = json.loads(path.read_text())
-        if ev.get("pid") != os.getpid():
-            result = "cached"  # doit found it up to date: not run at all
-        else:
-            result = "built" if ev["built"] else "reused"
+        # "cached": doit found the task up to date and did not run it at all
+        result = "cached" if ev.get("pid") != os.getpid() else "built" if ev["built"] else "reused"
         rows.append(
             f"{layer:<12} {result:<7} {ev['seconds']:>7.2f}s "
             f"{human(ev.get('size')):>10}  {ev['key'][:16]}"

@@ -83,7 +83,9 @@ def load(name: str, configs_dir: Path, environ: dict[str, str] | None = None) ->
                     f"{path}: unknown key '{key}'", hint=f"known keys: {', '.join(sorted(known))}"
                 )
             expected = _TYPES[key]
-            if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+            if not isinstance(value, expected) or (
+                expected is not bool and isinstance(value, bool)
+            ):
                 want = expected.__name__ if isinstance(expected, type) else "string"
                 raise ConfigError(f"{path}: key '{key}' must be a {want}, got {value!r}")
             values[key] = value

@@ -17,6 +17,7 @@ a committed object with the key (another appliance with the same inputs, or a ru
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -120,10 +121,8 @@ class Store:
     @staticmethod
     def _touch(path: Path) -> None:
         """Record use (for least-recently-used garbage collection)."""
-        try:
+        with contextlib.suppress(OSError):
             os.utime(path / META)
-        except OSError:
-            pass
 
 
 def remove_tree(path: Path) -> None:

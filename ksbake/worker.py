@@ -1,4 +1,6 @@
-"""Entry point of worker processes (see ``ksbake.sandbox``): ``python -m ksbake.worker FN ARGS RESULT``.
+"""Entry point of worker processes (see ``ksbake.sandbox``).
+
+Usage: ``python -m ksbake.worker FN ARGS RESULT``.
 
 Imports ``FN`` ("module:function"), calls it with the JSON arguments, writes the JSON result or
 the error. Tracebacks are printed only for unexpected exceptions (bugs) or with KSBAKE_DEBUG=1.
@@ -18,7 +20,8 @@ from ksbake.errors import KsbakeError
 def main(argv: list[str]) -> int:
     function, args_file, result_file = argv
     module_name, _, attr = function.partition(":")
-    args = json.loads(open(args_file).read())
+    with open(args_file) as f:
+        args = json.load(f)
     try:
         fn = getattr(importlib.import_module(module_name), attr)
         result = {"ok": fn(**args)}

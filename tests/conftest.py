@@ -81,14 +81,27 @@ class Workspace:
             **(extra_env or {}),
         }
         proc = subprocess.run(
-            [sys.executable, "-m", "doit", "-f", str(PROJECT / "dodo.py"), "-d", str(PROJECT),
-             *args],
-            env=env, capture_output=True, text=True, timeout=timeout, check=False,
+            [
+                sys.executable,
+                "-m",
+                "doit",
+                "-f",
+                str(PROJECT / "dodo.py"),
+                "-d",
+                str(PROJECT),
+                *args,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
         ran = re.findall(r"^\.\s+(\S+)$", proc.stdout, re.M)
         uptodate = re.findall(r"^--\s+(\S+)$", proc.stdout, re.M)
-        return Result(proc.returncode, proc.stdout, proc.stderr, ran, uptodate,
-                      self.events()[before:])
+        return Result(
+            proc.returncode, proc.stdout, proc.stderr, ran, uptodate, self.events()[before:]
+        )
 
 
 @pytest.fixture

@@ -23,8 +23,10 @@ LAYERS = ("kickstart", "lock", "packages", "config")
 
 def config_layers(ws: Workspace, name: str) -> list[Path]:
     ref = json.loads((ws.cache / "build" / name / "config.ref").read_text())
-    return [ws.store / "objects" / "config" / ref["key"] / "upper",
-            ws.store / "objects" / "packages" / ref["packages"] / "tree"]
+    return [
+        ws.store / "objects" / "config" / ref["key"] / "upper",
+        ws.store / "objects" / "packages" / ref["packages"] / "tree",
+    ]
 
 
 def read(ws: Workspace, name: str, rel: str) -> str:
@@ -80,10 +82,14 @@ def test_edits_rerun_only_affected_layers(workspace: Workspace) -> None:
     ok(_edit_and_rebuild(workspace, base))
 
     # reformatting: whitespace, comments, option order, --opt=v vs --opt v
-    reformatted = base.replace("part /boot --fstype=ext4 --size=64 --ondisk=sda",
-                               "part   /boot  --ondisk sda --size 64   --fstype ext4  # boot")
-    reformatted = reformatted.replace("network --hostname=demo.ksbake.test",
-                                      "# a comment\nnetwork   --hostname demo.ksbake.test\n")
+    reformatted = base.replace(
+        "part /boot --fstype=ext4 --size=64 --ondisk=sda",
+        "part   /boot  --ondisk sda --size 64   --fstype ext4  # boot",
+    )
+    reformatted = reformatted.replace(
+        "network --hostname=demo.ksbake.test",
+        "# a comment\nnetwork   --hostname demo.ksbake.test\n",
+    )
     r = _edit_and_rebuild(workspace, reformatted)
     assert "kickstart:demo" in r.ran
     assert not {"lock:demo", "packages:demo", "config:demo"} & set(r.ran), r.out
@@ -110,8 +116,12 @@ def test_same_package_set_shares_one_tree(workspace: Workspace) -> None:
     # two appliances, different system settings, same packages: one packages tree
     text = demo_kickstart().replace("kernel\n%end", "kernel\nksbake-weak\n%end")
     workspace.write("one.ks", text)
-    workspace.write("two.ks", text.replace("demo.ksbake.test", "two.ksbake.test")
-                    .replace("%packages", "%packages\nbusybox\n"))
+    workspace.write(
+        "two.ks",
+        text.replace("demo.ksbake.test", "two.ksbake.test").replace(
+            "%packages", "%packages\nbusybox\n"
+        ),
+    )
     r = workspace.doit("appliance")
     ok(r)
     keys = {e["appliance"]: e["key"] for e in r.events if e["layer"] == "packages"}
@@ -144,6 +154,7 @@ def test_updates_repo_relocks_and_names_what_moved(workspace: Workspace) -> None
 
 # -- bad input: one clear error, nothing cached ---------------------------------------------
 
+
 def _fails(ws: Workspace, text: str, *needles: str, layer: str | None = None):  # noqa: ANN202
     ws.write("demo.ks", text)
     r = ws.doit("appliance:demo")
@@ -158,7 +169,9 @@ def _fails(ws: Workspace, text: str, *needles: str, layer: str | None = None):  
 
 def test_kickstart_syntax_error_in_included_file(workspace: Workspace) -> None:
     workspace.write("parts/net.ks", "# network settings\nnetwork --bogus-option=1\n")
-    text = demo_kickstart().replace("selinux --disabled", "%include parts/net.ks\nselinux --disabled")
+    text = demo_kickstart().replace(
+        "selinux --disabled", "%include parts/net.ks\nselinux --disabled"
+    )
     r = _fails(workspace, text, "net.ks:2")
     assert not (workspace.cache / "build/demo/inputs/lock.json").exists()
     assert "lock:demo" not in r.ran
@@ -195,14 +208,19 @@ def test_unreachable_repository(workspace: Workspace) -> None:
 
 def test_unresolvable_dependency(workspace: Workspace) -> None:
     # busybox is required by the init package: excluding it leaves @core uninstallable
-    _fails(workspace, demo_kickstart().replace("kernel\n%end", "kernel\n-busybox\n%end"),
-           "dependencies cannot be resolved", "busybox")
+    _fails(
+        workspace,
+        demo_kickstart().replace("kernel\n%end", "kernel\n-busybox\n%end"),
+        "dependencies cannot be resolved",
+        "busybox",
+    )
 
 
 def test_failing_post_erroronfail_shows_output(workspace: Workspace) -> None:
     text = demo_kickstart().replace(
-        "%post\n", "%post --erroronfail\necho 'about to fail: disk quota'\nexit 7\n%end\n%post\n")
-    r = _fails(workspace, text, "%post #1 failed with exit code 7", "about to fail: disk quota")
+        "%post\n", "%post --erroronfail\necho 'about to fail: disk quota'\nexit 7\n%end\n%post\n"
+    )
+    _fails(workspace, text, "%post #1 failed with exit code 7", "about to fail: disk quota")
     assert not (workspace.cache / "build/demo/config.ref").exists()
     assert not list((workspace.store / "staging").glob("config-*"))
     # without --erroronfail the build goes on (anaconda semantics)
@@ -219,8 +237,12 @@ def test_killed_install_is_rebuilt_cleanly(workspace: Workspace) -> None:
     text = demo_kickstart().replace("kernel\n%end", "kernel\nksbake-docs\nksbake-extras\n%end")
     text = text.replace("%packages", "%packages --excludedocs --instLangs=de")
     workspace.write("demo.ks", text)
-    env = {**os.environ, "KSBAKE_CONFIGS": str(workspace.configs),
-           "KSBAKE_CACHE": str(workspace.cache), "KSBAKE_STORE": str(workspace.store)}
+    env = {
+        **os.environ,
+        "KSBAKE_CONFIGS": str(workspace.configs),
+        "KSBAKE_CACHE": str(workspace.cache),
+        "KSBAKE_STORE": str(workspace.store),
+    }
     ok(workspace.doit("lock:demo"))
     lock_text = (workspace.cache / "build/demo/lock.json").read_text()
     from ksbake.packages import key_for, tool_versions
@@ -229,9 +251,21 @@ def test_killed_install_is_rebuilt_cleanly(workspace: Workspace) -> None:
     if (workspace.store / "objects/packages" / key).exists():  # from an earlier local run
         subprocess.run(["rm", "-rf", str(workspace.store / "objects/packages" / key)], check=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "doit", "-f", str(PROJECT / "dodo.py"), "-d", str(PROJECT),
-         "packages:demo"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "doit",
+            "-f",
+            str(PROJECT / "dodo.py"),
+            "-d",
+            str(PROJECT),
+            "packages:demo",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     staging = workspace.store / "staging"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -69,8 +69,10 @@ def _slow_build(root: str, marker: str) -> None:
 
 def test_concurrent_builds_of_one_key_build_once(tmp_path: Path) -> None:
     marker = tmp_path / "builds.txt"
-    procs = [multiprocessing.Process(target=_slow_build, args=(str(tmp_path / "s"), str(marker)))
-             for _ in range(3)]
+    procs = [
+        multiprocessing.Process(target=_slow_build, args=(str(tmp_path / "s"), str(marker)))
+        for _ in range(3)
+    ]
     for p in procs:
         p.start()
     for p in procs:
