@@ -88,6 +88,7 @@ class Table:
         st = target.stat()
         self.mode, self.uid, self.gid = st.st_mode & 0o7777, st.st_uid, st.st_gid
         self.rows = [line.split(":") for line in text.splitlines() if line.strip()]
+        self.original = [list(r) for r in self.rows]
 
     def get(self, name: str) -> list[str] | None:
         return next((r for r in self.rows if r[0] == name), None)
@@ -104,6 +105,9 @@ class Table:
         return {int(r[column]) for r in self.rows if len(r) > column and r[column].isdigit()}
 
     def save(self) -> None:
+        """Write the file back, only if it changed (the overlay then keeps the original)."""
+        if self.rows == self.original:
+            return
         text = "".join(":".join(r) + "\n" for r in self.rows)
         treefs.write_file(self.root, self.path, text, mode=self.mode, uid=self.uid, gid=self.gid)
 

@@ -46,6 +46,14 @@ class RepoSpec:
     proxy: str | None
 
 
+def tool_versions() -> dict[str, str]:
+    """Versions of the depsolver: a different dnf/libsolv may resolve differently."""
+    import dnf.const
+    import hawkey
+
+    return {"dnf": dnf.const.VERSION, "hawkey": getattr(hawkey, "VERSION", "")}
+
+
 def expand(url: str | None, bundled_repo: str) -> str | None:
     """Expand ``$ksbake_repo`` (the bundled repository); dnf expands $releasever/$basearch."""
     if url is None:
@@ -330,6 +338,7 @@ def resolve(
                     "settings": settings,
                     "repos": [spec.__dict__ | {"baseurl": list(spec.baseurl)} for spec in repos],
                     "metadata": {k: v["digest"] for k, v in digests.items()},
+                    "tools": tool_versions(),
                 },
             )
 

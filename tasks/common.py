@@ -47,7 +47,7 @@ def action(step: Callable[..., Any], *args: Any) -> Callable[[], Any]:
             if os.environ.get("KSBAKE_DEBUG"):
                 raise
             print(f"ksbake: error: {exc}", file=sys.stderr, flush=True)
-            return TaskFailed(str(exc))
+            return TaskFailed("the error is shown above (set KSBAKE_DEBUG=1 for a traceback)")
         return None
 
     return run

@@ -114,6 +114,7 @@ def demo_kickstart() -> str:
 
 
 def copy_config(ws: Workspace, name: str) -> None:
+    ws.configs.mkdir(parents=True, exist_ok=True)
     for suffix in (".ks", ".toml"):
         src = PROJECT / "configs" / f"{name}{suffix}"
         if src.exists():

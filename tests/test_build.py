@@ -290,3 +290,21 @@ def test_killed_install_is_rebuilt_cleanly(workspace: Workspace) -> None:
     docs = tree / "usr/share/doc/ksbake-docs"
     assert not docs.exists() or not any(docs.iterdir())
     assert not _mounts_under(workspace.store)
+
+
+def test_ovirt_wui_builds_offline_through_mirror_override(workspace: Workspace) -> None:
+    from conftest import copy_config
+
+    copy_config(workspace, "ovirt-wui")
+    mirrors = "fedora=file://$ksbake_repo/base,updates=file://$ksbake_repo/updates"
+    r = workspace.doit("appliance:ovirt-wui", extra_env={"KSBAKE_MIRRORS": mirrors})
+    ok(r)
+    lock = json.loads((workspace.cache / "build/ovirt-wui/lock.json").read_text())
+    by_name = {p["name"]: p for p in lock["packages"]}
+    assert "ovirt-wui" in by_name and "kernel" in by_name
+    # both repositories are used: rootfiles comes from the newer "updates" one
+    assert by_name["rootfiles"]["repo"] == "updates"
+    assert read(workspace, "ovirt-wui", "/etc/hostname") == "management.priv.ovirt.org\n"
+    # without the override the Fedora mirrors are needed: offline, a clear error
+    r = workspace.doit("appliance:ovirt-wui")
+    assert r.rc != 0 and "cannot load repository metadata" in r.err
