@@ -10,7 +10,10 @@ from conftest import Workspace, demo_kickstart, object_file
 
 from ksbake.config import password_field, sha512_crypt
 
-CRYPTED = "$6$fixedsalt$VQ7JOx3c/KmGkZqRnv0.Pq6JK.D1bZlq1sJ6kX5sGUBn1yZLZ3Qz8S0z9vI1Nq2yDd0Kc1I8x0gP5wN3G0a1."
+CRYPTED = (
+    "$6$fixedsalt$VQ7JOx3c/KmGkZqRnv0.Pq6JK.D1bZlq1sJ6kX5sGUBn1yZLZ3Qz8S0z9vI1Nq2yDd0Kc1I8x0g"
+    "P5wN3G0a1."
+)
 
 
 def test_sha512_crypt_matches_known_vector() -> None:
@@ -29,13 +32,13 @@ def test_password_field_lock_and_crypted() -> None:
     assert a != password_field("secret", False, False, "other-seed", "root")
 
 
-KS_EXTRA = """
+KS_EXTRA = f"""
 group --name=ops --gid=2000
 user --name=alice --uid=1500 --groups=ops --gecos="Alice A" --password=wonderland --plaintext
-user --name=bob --lock --iscrypted --password={crypted}
+user --name=bob --lock --iscrypted --password={CRYPTED}
 sshkey --username=alice "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKsbaketestkey alice@example"
 keyboard --vckeymap=de
-""".format(crypted=CRYPTED)
+"""
 
 POSTS = """
 %post --nochroot
