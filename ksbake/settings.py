@@ -2,15 +2,17 @@
 
 One table (``FIELDS``) drives parsing, validation and the documentation; errors name the file
 and the key. Environment variables documented in the README override a few settings for a
-single run (``KSBAKE_MIRRORS``).
+single run (``KSBAKE_MIRRORS``, ``KSBAKE_ACCEL``).
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from ksbake.errors import ConfigError
 
 DEFAULT_SYNTAX = "F40"
 DEFAULT_RELEASEVER = "40"
+MiB = 1024 * 1024
 
 
 def _host_basearch() -> str:
@@ -34,8 +37,12 @@ class Settings:
     compat: bool = False
     releasever: str = DEFAULT_RELEASEVER
     basearch: str = field(default_factory=_host_basearch)
-    # repo name -> URL replacing the kickstart's --baseurl/--mirrorlist/--metalink for it
     mirrors: dict[str, str] = field(default_factory=dict)
+    disk_sizes: dict[str, int] = field(default_factory=dict)
+    firmware: str = "bios"
+    accel: str = "tcg"
+    boot_marker: str = "login:"
+    boot_timeout: int = 180
 
     def lock_inputs(self) -> dict[str, Any]:
         """The settings that the depsolve reads."""
@@ -46,12 +53,74 @@ class Settings:
         }
 
 
-_TYPES: dict[str, type | tuple[type, ...]] = {
-    "syntax": str,
-    "compat": bool,
-    "releasever": (str, int),
-    "basearch": str,
-    "mirrors": dict,
+def parse_size(value: Any) -> int:
+    """Bytes from an integer (MiB) or a string such as "4GiB", "512M", "2048MiB" (binary)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value <= 0:
+            raise ValueError("must be a positive size")
+        return value * MiB
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+)\s*([KMGT])(i?B)?\s*", value, re.IGNORECASE)
+        if m:
+            power = "KMGT".index(m.group(2).upper()) + 1
+            return int(m.group(1)) * 1024**power
+    raise ValueError(f'must be a size like 4096 (MiB) or "4GiB", got {value!r}')
+
+
+def _one_of(*choices: str) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return check
+
+
+def _positive(value: Any) -> Any:
+    if value <= 0:
+        raise ValueError(f"must be positive, got {value!r}")
+    return value
+
+
+def _str_table(value: dict[str, Any]) -> dict[str, str]:
+    for k, v in value.items():
+        if not isinstance(v, str):
+            raise ValueError(f"entry '{k}' must be a string, got {v!r}")
+    return dict(value)
+
+
+def _size_table(value: dict[str, Any]) -> dict[str, int]:
+    out = {}
+    for k, v in value.items():
+        try:
+            out[k.removeprefix("/dev/")] = parse_size(v)
+        except ValueError as exc:
+            raise ValueError(f"entry '{k}' {exc}") from None
+    return out
+
+
+@dataclass(frozen=True)
+class Field:
+    types: tuple[type, ...]
+    doc: str
+    check: Callable[[Any], Any] | None = None
+
+
+FIELDS: dict[str, Field] = {
+    "syntax": Field((str,), "pykickstart syntax version of the kickstart"),
+    "compat": Field((bool,), "accept legacy kickstart syntax, rewriting it with warnings"),
+    "releasever": Field((str, int), "$releasever for repository URLs", str),
+    "basearch": Field((str,), "$basearch for repository URLs (default: the host's)"),
+    "mirrors": Field((dict,), "repo name = URL: replaces that repo's URLs", _str_table),
+    "disk_sizes": Field(
+        (dict,),
+        'disk = size ("sda" = "4GiB" or MiB): fixed disk sizes; --grow fills them',
+        _size_table,
+    ),
+    "firmware": Field((str,), "bios or uefi", _one_of("bios", "uefi")),
+    "accel": Field((str,), "QEMU accelerator for boot tests: tcg, kvm, ... (KSBAKE_ACCEL)"),
+    "boot_marker": Field((str,), "text on the serial console that means the boot succeeded"),
+    "boot_timeout": Field((int,), "seconds a boot test may take", _positive),
 }
 
 
@@ -76,26 +145,30 @@ def load(name: str, configs_dir: Path, environ: dict[str, str] | None = None) ->
             raw = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from None
-        known = {f.name for f in fields(Settings)} - {"name"}
         for key, value in raw.items():
-            if key not in known:
+            spec = FIELDS.get(key)
+            if spec is None:
                 raise ConfigError(
-                    f"{path}: unknown key '{key}'", hint=f"known keys: {', '.join(sorted(known))}"
+                    f"{path}: unknown key '{key}'", hint=f"known keys: {', '.join(FIELDS)}"
                 )
-            expected = _TYPES[key]
-            if not isinstance(value, expected) or (
-                expected is not bool and isinstance(value, bool)
+            if not isinstance(value, spec.types) or (
+                bool not in spec.types and isinstance(value, bool)
             ):
-                want = expected.__name__ if isinstance(expected, type) else "string"
-                raise ConfigError(f"{path}: key '{key}' must be a {want}, got {value!r}")
-            values[key] = value
-        if "releasever" in values:
-            values["releasever"] = str(values["releasever"])
-        for repo, url in values.get("mirrors", {}).items():
-            if not isinstance(url, str):
-                raise ConfigError(f"{path}: key 'mirrors.{repo}' must be a string URL")
+                want = " or ".join(
+                    {"str": "string", "dict": "table", "int": "integer", "bool": "boolean"}[
+                        t.__name__
+                    ]
+                    for t in spec.types
+                )
+                raise ConfigError(f"{path}: key '{key}' must be of type {want}, got {value!r}")
+            try:
+                values[key] = spec.check(value) if spec.check else value
+            except ValueError as exc:
+                raise ConfigError(f"{path}: key '{key}' {exc}") from None
     if env.get("KSBAKE_MIRRORS"):
         mirrors = dict(values.get("mirrors", {}))
         mirrors.update(parse_mirrors(env["KSBAKE_MIRRORS"], "KSBAKE_MIRRORS"))
         values["mirrors"] = mirrors
+    if env.get("KSBAKE_ACCEL"):
+        values["accel"] = env["KSBAKE_ACCEL"]
     return Settings(name=name, **values)

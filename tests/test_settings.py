@@ -26,9 +26,9 @@ def test_values_and_env_override(tmp_path: Path) -> None:
     ("text", "needle"),
     [
         ("colour = 1\n", "unknown key 'colour'"),
-        ('compat = "yes"\n', "key 'compat' must be a bool"),
+        ('compat = "yes"\n', "key 'compat' must be of type boolean"),
         ("syntax = [\n", "x.toml"),
-        ("[mirrors]\nfedora = 3\n", "mirrors.fedora"),
+        ("[mirrors]\nfedora = 3\n", "entry 'fedora' must be a string"),
     ],
 )
 def test_errors_name_file_and_key(tmp_path: Path, text: str, needle: str) -> None:
@@ -41,3 +41,27 @@ def test_errors_name_file_and_key(tmp_path: Path, text: str, needle: str) -> Non
 def test_bad_mirror_env() -> None:
     with pytest.raises(ConfigError, match="KSBAKE_MIRRORS"):
         settings.parse_mirrors("fedora", "KSBAKE_MIRRORS")
+
+
+def test_sizes_and_enums(tmp_path: Path) -> None:
+    (tmp_path / "x.toml").write_text(
+        'firmware = "uefi"\nboot_timeout = 60\n[disk_sizes]\nsda = "4GiB"\n"/dev/sdb" = 512\n'
+    )
+    conf = settings.load("x", tmp_path, environ={"KSBAKE_ACCEL": "kvm"})
+    assert conf.disk_sizes == {"sda": 4 * 1024**3, "sdb": 512 * 1024**2}
+    assert conf.firmware == "uefi" and conf.accel == "kvm" and conf.boot_timeout == 60
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('firmware = "coreboot"\n', "key 'firmware' must be one of bios, uefi"),
+        ('[disk_sizes]\nsda = "lots"\n', "key 'disk_sizes' entry 'sda' must be a size"),
+        ("boot_timeout = -1\n", "key 'boot_timeout' must be positive"),
+        ("boot_timeout = true\n", "key 'boot_timeout' must be of type integer"),
+    ],
+)
+def test_invalid_values(tmp_path: Path, text: str, needle: str) -> None:
+    (tmp_path / "x.toml").write_text(text)
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
+        settings.load("x", tmp_path, environ={})
