@@ -1,0 +1,470 @@
+"""The partition planner over every real kickstart of the shared corpus.
+
+Each primary kickstart that parses in compat mode (at DEFAULT_SYNTAX and at the syntax the
+corpus notes name) gives a Plan or ONE KickstartError located at a file:line that holds the
+offending construct; never any other exception. Every outcome is pinned (the corpus is
+byte-for-byte fixed), and both syntaxes must agree.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import pytest
+
+from ksbake.errors import KickstartError
+from ksbake.kickstart import DEFAULT_SYNTAX, load
+from ksbake.layout import MiB, Plan
+from ksbake.partitions import plan, plan_with_warnings
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+KICKSTARTS = CORPUS / "kickstarts"
+
+if not (CORPUS / "PROVENANCE.tsv").is_file():
+    pytest.skip(
+        f"shared corpus not found at {CORPUS} (the repository is checked out next to shared/)",
+        allow_module_level=True,
+    )
+
+MISSING_INCLUDES = {
+    "srbala__fedora-kickstarts/fedora-modular-arm-server.ks",
+    "weldr__lorax/docs/fedora-minimal.ks",
+}
+"""Fail to parse even in compat mode (an %include that is not in the corpus)."""
+
+
+def _primaries() -> list[tuple[str, str]]:
+    """(path under kickstarts/, syntax version named in the notes) of every primary."""
+    rows = []
+    with open(CORPUS / "PROVENANCE.tsv", newline="") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            if row["role"] != "primary":
+                continue
+            match = re.search(r"pykickstart[\d.]+ -v (\S+):", row["notes"])
+            rows.append(
+                (
+                    row["local_path"].removeprefix("kickstarts/"),
+                    match.group(1) if match else DEFAULT_SYNTAX,
+                )
+            )
+    return rows
+
+
+PRIMARIES = _primaries()
+
+Disk = tuple[str, str, int, list[tuple[int, str | None, str, int, int]]]
+"""(name, label, size MiB, [(number, mountpoint, fstype, start MiB, size MiB)])"""
+Failure = tuple[str, int, str, str]
+"""(file under kickstarts/, line, text on that line, words in the message)"""
+
+AUTOPART = "autopart lets the installer choose partitions"
+LVM = "LVM (part pv.NN, volgroup, logvol) needs device-mapper"
+ONPART = "uses an existing partition; an image starts blank"
+IGNOREDISK = "ignoredisk selects among the installing machine's disks"
+
+OUTCOMES: dict[str, list[Disk] | Failure] = {
+    "srbala__fedora-kickstarts/fedora-cloud-base.ks": (
+        "srbala__fedora-kickstarts/fedora-cloud-base.ks",
+        41,
+        "autopart",
+        AUTOPART,
+    ),
+    "srbala__fedora-kickstarts/fedora-cloud-base-vagrant.ks": (
+        "srbala__fedora-kickstarts/fedora-cloud-base.ks",
+        41,
+        "autopart",
+        AUTOPART,
+    ),
+    "srbala__fedora-kickstarts/fedora-cloud-base-gcp.ks": (
+        "srbala__fedora-kickstarts/fedora-cloud-base.ks",
+        41,
+        "autopart",
+        AUTOPART,
+    ),
+    "srbala__fedora-kickstarts/fedora-disk-minimal.ks": (
+        "srbala__fedora-kickstarts/fedora-disk-minimal.ks",
+        6,
+        "autopart",
+        AUTOPART,
+    ),
+    "srbala__fedora-kickstarts/fedora-disk-server.ks": (
+        "srbala__fedora-kickstarts/fedora-disk-server.ks",
+        5,
+        "autopart",
+        AUTOPART,
+    ),
+    "srbala__fedora-kickstarts/fedora-disk-workstation.ks": (
+        "srbala__fedora-kickstarts/fedora-disk-workstation.ks",
+        5,
+        "autopart",
+        AUTOPART,
+    ),
+    "srbala__fedora-kickstarts/fedora-iot.ks": (
+        "srbala__fedora-kickstarts/fedora-iot.ks",
+        18,
+        "autopart",
+        AUTOPART,
+    ),
+    "srbala__fedora-kickstarts/fedora-eln-guest.ks": (
+        "srbala__fedora-kickstarts/fedora-eln-guest.ks",
+        29,
+        "reqpart",
+        "reqpart adds the partitions the installing machine's firmware needs",
+    ),
+    "srbala__fedora-kickstarts/fedora-container-base.ks": (
+        "srbala__fedora-kickstarts/fedora-container-common.ks",
+        31,
+        "autopart",
+        AUTOPART,
+    ),
+    "srbala__fedora-kickstarts/fedora-live-workstation.ks": [
+        ("sda", "msdos", 7681, [(1, "/", "ext4", 1, 7680)])
+    ],
+    "srbala__fedora-kickstarts@4af7364/fedora-aos.ks": [
+        ("sda", "msdos", 1025, [(1, "/", "ext4", 1, 1024)])
+    ],
+    "srbala__fedora-kickstarts@e25600d/fedora-aos.ks": [
+        ("sda", "msdos", 451, [(1, "/", "ext3", 1, 450)])
+    ],
+    "srbala__fedora-kickstarts@513737f/Fedora-15-ec2.ks": [
+        ("sda", "msdos", 10001, [(1, "/", "ext3", 1, 10000)])
+    ],
+    "srbala__fedora-kickstarts@41b3b4d/fedora-x86_64-cloud.ks": [
+        ("sda", "msdos", 2049, [(1, "/", "ext4", 1, 2048)])
+    ],
+    "srbala__fedora-kickstarts@3336b78/fedora-cloud-atomic.ks": (
+        "srbala__fedora-kickstarts@3336b78/fedora-cloud-atomic.ks",
+        31,
+        "part pv.01",
+        LVM,
+    ),
+    "srbala__fedora-kickstarts@1eb31e6/fedora-arm-minimal.ks": [
+        (
+            "sda",
+            "msdos",
+            2193,
+            [
+                (1, "/boot/efi", "vfat", 1, 80),
+                (2, "/boot", "ext4", 81, 512),
+                (3, "/", "ext4", 593, 1600),
+            ],
+        )
+    ],
+    "srbala__fedora-kickstarts@f7b98bb/fedora-arm-minimal-vfat.ks": [
+        (
+            "sda",
+            "msdos",
+            2061,
+            [
+                (1, "/boot/uboot", "vfat", 1, 20),
+                (2, None, "swap", 21, 512),
+                (3, None, "swap", 533, 128),
+                (4, "/", "ext4", 661, 1400),
+            ],
+        )
+    ],
+    "livecd-tools__appliance-tools/config/fedora-aos.ks": [
+        ("sda", "msdos", 651, [(1, "/", "ext3", 1, 650)])
+    ],
+    "rocky-linux__kickstarts@r9/Rocky-9-GenericCloud-LVM.ks": (
+        "rocky-linux__kickstarts@r9/Rocky-9-GenericCloud-LVM.ks",
+        23,
+        "--onpart=vda1",
+        ONPART,
+    ),
+    "rocky-linux__kickstarts@r9/cloud/rocky-genclo-lvm.ks": (
+        "rocky-linux__kickstarts@r9/cloud/rocky-cloud-parts-lvm.ks",
+        6,
+        "--onpart=vda1",
+        ONPART,
+    ),
+    "rocky-linux__kickstarts@r9/Rocky-9-RPI-Base.ks": [
+        (
+            "sda",
+            "msdos",
+            3613,
+            [
+                (1, "/boot", "vfat", 1, 300),
+                (2, None, "swap", 301, 512),
+                (3, "/", "ext4", 813, 2800),
+            ],
+        )
+    ],
+    "rocky-linux__kickstarts@r9/Rocky-9-GenericArm-Minimal.ks": [
+        (
+            "sda",
+            "msdos",
+            5121,
+            [
+                (1, "/boot/efi", "efi", 1, 512),
+                (2, "/boot", "ext4", 513, 1024),
+                (3, None, "swap", 1537, 512),
+                (4, "/", "ext4", 2049, 3072),
+            ],
+        )
+    ],
+    "rocky-linux__kickstarts@r9/Rocky-9-Vagrant-Libvirt.ks": (
+        "rocky-linux__kickstarts@r9/Rocky-9-Vagrant-Libvirt.ks",
+        35,
+        "part prepboot",
+        "--fstype=prepboot (PowerPC PReP boot) is not supported; supported: ext2, ext3, ext4",
+    ),
+    "rocky-linux__kickstarts@r9/Rocky-9-Azure-Base.ks": (
+        "rocky-linux__kickstarts@r9/Rocky-9-Azure-Base.ks",
+        35,
+        "--onpart=vda1",
+        ONPART,
+    ),
+    "CentOS__sig-cloud-instance-build/cloudimg/CentOS-7-x86_64-hvm.ks": (
+        "CentOS__sig-cloud-instance-build/cloudimg/CentOS-7-x86_64-hvm.ks",
+        10,
+        "ignoredisk --only-use=vda",
+        IGNOREDISK,
+    ),
+    "CentOS__sig-cloud-instance-build/cloudimg/CentOS-8-x86_64-Azure.ks": (
+        "CentOS__sig-cloud-instance-build/cloudimg/CentOS-8-x86_64-Azure.ks",
+        57,
+        "--onpart=sda15",
+        ONPART,
+    ),
+    "CentOS__sig-cloud-instance-build/cloudimg/CentOS-6-x86_64-hvm.ks": [
+        ("sda", "msdos", 4097, [(1, "/", "ext4", 1, 4096)])
+    ],
+    "CentOS__sig-cloud-instance-build/vagrant/centos7.ks": [
+        ("vda", "msdos", 1025, [(1, "/", "xfs", 1, 1024)])
+    ],
+    "CentOS__sig-cloud-instance-build/ovirt/CentOS-7-x86_64-oVirt-r1.ks": (
+        "CentOS__sig-cloud-instance-build/ovirt/CentOS-7-x86_64-oVirt-r1.ks",
+        6,
+        "ignoredisk --only-use=vda",
+        IGNOREDISK,
+    ),
+    "CentOS__sig-cloud-instance-build/openstack/openstack-65-x86_64.ks": (
+        "CentOS__sig-cloud-instance-build/openstack/openstack-65-x86_64.ks",
+        17,
+        "part pv.2",
+        LVM,
+    ),
+    "CentOS__sig-cloud-instance-build/docker/centos-7-x86_64.ks": [
+        ("sda", "msdos", 3001, [(1, "/", "ext4", 1, 3000)])
+    ],
+    "oVirt__ovirt-appliance@f6b2f94/engine-appliance/data/ovirt-engine-appliance.ks.in": (
+        "oVirt__ovirt-appliance@f6b2f94/engine-appliance/data/ovirt-engine-appliance.ks.in",
+        16,
+        "part pv.01",
+        LVM,
+    ),
+    "weldr__lorax/docs/fedora-vagrant.ks": [
+        ("sda", "msdos", 5001, [(1, "/", "ext4", 1, 4000), (2, None, "swap", 4001, 1000)])
+    ],
+    "chef__bento/packer_templates/http/rhel/8ks.cfg": (
+        "chef__bento/packer_templates/http/rhel/8ks.cfg",
+        13,
+        "autopart",
+        AUTOPART,
+    ),
+    "chef__bento/packer_templates/http/rhel/ks.cfg": (
+        "chef__bento/packer_templates/http/rhel/ks.cfg",
+        12,
+        "autopart",
+        AUTOPART,
+    ),
+    "redpesk-infra__rp-kickstarts/Redpesk-minimal-x86_64-selinux.ks": (
+        "redpesk-infra__rp-kickstarts/arch/boot-EFI.ks",
+        5,
+        "--fstype FAT32",
+        "--fstype=FAT32 is not supported",
+    ),
+    "redpesk-infra__rp-kickstarts/Redpesk-minimal-rpi-selinux.ks": (
+        "redpesk-infra__rp-kickstarts/distro/redpesk-core.ks",
+        13,
+        "ignoredisk",
+        IGNOREDISK,
+    ),
+}
+
+CASES = [
+    pytest.param(local, version, id=f"{local}@{version}")
+    for local, notes_version in PRIMARIES
+    if local not in MISSING_INCLUDES
+    for version in dict.fromkeys((DEFAULT_SYNTAX, notes_version))
+]
+
+
+def _summary(result: Plan) -> list[Disk]:
+    return [
+        (
+            d.name,
+            d.label,
+            d.size // MiB,
+            [
+                (p.number, p.mountpoint, p.fstype, p.start // MiB, p.size // MiB)
+                for p in d.partitions
+            ],
+        )
+        for d in result.disks
+    ]
+
+
+def test_every_parsing_primary_has_a_pinned_outcome() -> None:
+    locals_ = {local for local, _ in PRIMARIES}
+    assert len(PRIMARIES) >= 39
+    assert locals_ >= MISSING_INCLUDES
+    assert set(OUTCOMES) == locals_ - MISSING_INCLUDES
+
+
+@pytest.mark.parametrize("local", sorted(MISSING_INCLUDES))
+def test_the_two_with_missing_includes_do_not_parse(local: str) -> None:
+    with pytest.raises(KickstartError, match="does not exist"):
+        load(KICKSTARTS / local, compat=True)
+
+
+@pytest.mark.parametrize(("local", "version"), CASES)
+def test_corpus_kickstart_plans_or_fails_once_with_a_located_error(
+    local: str, version: str
+) -> None:
+    ks = load(KICKSTARTS / local, version=version, compat=True)
+    expected = OUTCOMES[local]
+    try:
+        result, warnings = plan_with_warnings(ks)
+    except KickstartError as err:
+        assert isinstance(expected, tuple), f"unexpected failure: {err}"
+        named, line, on_line, words = expected
+        assert err.path == str((KICKSTARTS / named).resolve())
+        assert err.line == line
+        assert str(err).startswith(f"{err.path}:{err.line}: ")
+        assert "\n" not in str(err)
+        assert words in err.message
+        assert err.hint, "every refusal says what to write instead"
+        assert on_line in Path(err.path).read_text().splitlines()[line - 1]
+        return
+    assert isinstance(expected, list), f"expected a failure at {expected[0]}:{expected[1]}"
+    assert _summary(result) == expected
+    for warning in warnings:  # "file:line: message" for a file the kickstart read
+        where, _, message = warning.partition(": ")
+        file, _, line = where.rpartition(":")
+        assert Path(file) in ks.files and line.isdigit() and message, warning
+    for disk in result.disks:  # 1 MiB alignment, nothing overlaps, MiB not MB
+        offset = MiB
+        for p in disk.partitions:
+            assert p.start % MiB == 0 and p.size % MiB == 0 and p.start >= offset
+            offset = p.start + p.size
+        assert offset <= disk.size
+
+
+@pytest.mark.parametrize(("local", "version"), CASES)
+def test_corpus_kickstart_with_fixed_disk_sizes_never_crashes(local: str, version: str) -> None:
+    """With 2 GiB disks, each plan fills its disks or fails with a located error."""
+    ks = load(KICKSTARTS / local, version=version, compat=True)
+    expected = OUTCOMES[local]
+    if not isinstance(expected, list):
+        return
+    sizes = {name: 2048 * MiB for name, *_ in expected}
+    try:
+        result = plan(ks, sizes)
+    except KickstartError as err:
+        assert err.line and "is too small" in err.message and "give it 2048 MiB" in err.message
+        assert sum(size for *_, parts in expected for *_, size in parts) > 2047
+        return
+    assert [d.size for d in result.disks] == [2048 * MiB] * len(expected)
+
+
+def test_appliance_tools_fedora_aos_is_one_disk_with_its_root() -> None:
+    ks = load(KICKSTARTS / "livecd-tools__appliance-tools/config/fedora-aos.ks", compat=True)
+    result, warnings = plan_with_warnings(ks)
+    (disk,) = result.disks
+    assert (disk.name, disk.label, disk.size) == ("sda", "msdos", 651 * MiB)
+    (root,) = disk.partitions
+    assert (root.mountpoint, root.fstype, root.start, root.size) == ("/", "ext3", MiB, 650 * MiB)
+    assert warnings == []
+    assert result.boot_disk() is disk
+
+
+def test_arm_minimal_has_a_vfat_boot_efi_first() -> None:
+    ks = load(KICKSTARTS / "srbala__fedora-kickstarts@1eb31e6/fedora-arm-minimal.ks", compat=True)
+    efi, boot, root = plan(ks).disks[0].partitions
+    assert (efi.number, efi.mountpoint, efi.fstype, efi.start, efi.size) == (
+        1,
+        "/boot/efi",
+        "vfat",
+        MiB,
+        80 * MiB,
+    )
+    assert (boot.mountpoint, root.mountpoint) == ("/boot", "/")
+
+
+def test_arm_vfat_override_keeps_the_last_root_and_warns_in_the_main_file() -> None:
+    path = KICKSTARTS / "srbala__fedora-kickstarts@f7b98bb/fedora-arm-minimal-vfat.ks"
+    ks = load(path, compat=True)
+    result, warnings = plan_with_warnings(ks)
+    root = [p for p in result.disks[0].partitions if p.mountpoint == "/"]
+    assert [p.size for p in root] == [1400 * MiB]
+    include = path.parent / "fedora-arm-vfat-partitioning.ks"
+    assert warnings == [
+        f"{path.resolve()}:5: mount point / is also defined at "
+        f"{include.resolve()}:3; this later line wins"
+    ]
+
+
+def test_rocky_generic_cloud_lvm_refuses_onpart() -> None:
+    ks = load(KICKSTARTS / "rocky-linux__kickstarts@r9/Rocky-9-GenericCloud-LVM.ks", compat=True)
+    with pytest.raises(
+        KickstartError,
+        match=r"Rocky-9-GenericCloud-LVM.ks:23: part "
+        r"--onpart/--usepart=vda1",
+    ) as info:
+        plan(ks)
+    assert "write 'part /boot/efi --size=N'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "local",
+    [
+        "srbala__fedora-kickstarts/fedora-cloud-base.ks",
+        "srbala__fedora-kickstarts/fedora-disk-minimal.ks",
+        "srbala__fedora-kickstarts/fedora-disk-workstation.ks",
+        "srbala__fedora-kickstarts/fedora-iot.ks",
+    ],
+)
+def test_srbala_autopart_kickstarts_get_explicit_part_lines_suggested(local: str) -> None:
+    with pytest.raises(KickstartError) as info:
+        plan(load(KICKSTARTS / local, compat=True))
+    assert AUTOPART in info.value.message
+    assert info.value.hint and "part / --size=4096 --grow --fstype=ext4" in info.value.hint
+
+
+def test_ovirt_lvm_refusal_suggests_part_lines_for_its_logical_volumes() -> None:
+    ks = load(
+        KICKSTARTS / "oVirt__ovirt-appliance@f6b2f94/engine-appliance/data/"
+        "ovirt-engine-appliance.ks.in",
+        compat=True,
+    )
+    with pytest.raises(KickstartError) as info:
+        plan(ks)
+    hint = info.value.hint or ""
+    for line in (
+        "part / --size=6144 --grow --fstype=xfs",
+        "part /var/log --size=10240",
+        "part swap --size=8192",
+    ):
+        assert line in hint
+
+
+def test_centos6_grows_root_to_a_fixed_disk() -> None:
+    ks = load(
+        KICKSTARTS / "CentOS__sig-cloud-instance-build/cloudimg/CentOS-6-x86_64-hvm.ks", compat=True
+    )
+    (disk,) = plan(ks, {"sda": 8192 * MiB}).disks
+    assert [(p.mountpoint, p.start, p.size) for p in disk.partitions] == [("/", MiB, 8191 * MiB)]
+
+
+def test_fedora15_ec2_does_not_fit_8_gib() -> None:
+    path = KICKSTARTS / "srbala__fedora-kickstarts@513737f/Fedora-15-ec2.ks"
+    with pytest.raises(KickstartError) as info:
+        plan(load(path, compat=True), {"sda": 8192 * MiB})
+    err = info.value
+    assert err.path == str(path.resolve())
+    assert "part /" in path.read_text().splitlines()[err.line - 1]
+    assert "need 10001 MiB" in str(err) and "give it 8192 MiB" in str(err)
