@@ -116,7 +116,7 @@ def plan_with_warnings(
     biosboot partition dropped on msdos, an option that does not apply)."""
     handler = ks.handler
     warnings: list[str] = []
-    problems = _unsupported_commands(ks)
+    problems = _unsupported_commands(ks, warnings)
     label = _disklabel(ks, problems)
 
     datas = list(handler.partition.partitions)
@@ -178,7 +178,7 @@ def extended_partition(disk: DiskPlan) -> tuple[int, int] | None:
 # --- commands an image cannot honour ---------------------------------------------------
 
 
-def _unsupported_commands(ks: Kickstart) -> list[tuple[int, KickstartError]]:
+def _unsupported_commands(ks: Kickstart, warnings: list[str]) -> list[tuple[int, KickstartError]]:
     """(line, error) for every partitioning command that needs a real machine or devices
     an image build does not have; the caller reports the earliest."""
     h = ks.handler
@@ -209,7 +209,13 @@ def _unsupported_commands(ks: Kickstart) -> list[tuple[int, KickstartError]]:
             f"for UEFI 'part /boot/efi --fstype=efi --size=600'{boot}",
         )
     ign = _command(h, "ignoredisk")
-    if ign is not None and ign.seen:
+    if ign is not None and ign.seen and getattr(ign, "onlyuse", None) and not ign.ignoredisk:
+        # --only-use=vda: "install onto these disks only" — what an image build does anyway
+        warnings.append(
+            f"{ks.line_of(ign.lineno)}: ignoredisk --only-use has no effect on an image "
+            "(each disk the part lines name is its own image file)"
+        )
+    elif ign is not None and ign.seen:
         add(
             ign.lineno,
             "ignoredisk selects among the installing machine's disks; an image has "

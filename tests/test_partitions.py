@@ -829,7 +829,7 @@ UNSUPPORTED = [
         id="reqpart",
     ),
     pytest.param(
-        "part / --size=100\nignoredisk --only-use=sda\n",
+        "part / --size=100\nignoredisk --drives=sdb\n",
         2,
         "ignoredisk",
         "delete the line",
@@ -941,3 +941,14 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
     )
     assert "\n" not in str(err)
     assert re.match(rf"{re.escape(_where(tmp_path, 2))}LVM", str(err))
+
+
+def test_ignoredisk_only_use_is_accepted_with_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "ks.ks"
+    path.write_text("part / --size=100 --ondisk=vda\nignoredisk --only-use=vda\n")
+    plan_, warnings = plan_with_warnings(load(path))
+    assert [d.name for d in plan_.disks] == ["vda"]
+    assert warnings == [
+        f"{path.resolve()}:2: ignoredisk --only-use has no effect on an image "
+        "(each disk the part lines name is its own image file)"
+    ]
