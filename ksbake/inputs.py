@@ -16,16 +16,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ksbake import kickstart, report, settings
+from ksbake import kickstart, partitions, report, settings
 from ksbake.hashing import canonical_json, layer_key, write_if_changed
+from ksbake.layout import Plan
 from ksbake.paths import Paths
 
 CODE_VERSION = 1
 LAYERS = ("lock", "config", "disks", "bootloader")
 
 
-def layer_inputs(ks: kickstart.Kickstart, conf: settings.Settings) -> dict[str, dict[str, Any]]:
-    """What each layer reads, as JSON-able dicts (``ks`` is a re-parsable kickstart fragment)."""
+def layer_inputs(
+    ks: kickstart.Kickstart, conf: settings.Settings, plan: Plan
+) -> dict[str, dict[str, Any]]:
+    """What each layer reads, as JSON-able dicts (``ks`` is a re-parsable kickstart fragment;
+    the disks layer reads the partition plan, which holds no file:line, so reformatting the
+    kickstart leaves it unchanged)."""
     s = ks.sections
     return {
         "lock": {
@@ -38,7 +43,7 @@ def layer_inputs(ks: kickstart.Kickstart, conf: settings.Settings) -> dict[str, 
             "syntax": conf.syntax,
             "ks_dir": str(ks.path.parent),
         },
-        "disks": {"ks": s["partitions"], "syntax": conf.syntax},
+        "disks": {"plan": plan.to_dict()},
         "bootloader": {"ks": s["bootloader"], "syntax": conf.syntax},
     }
 
@@ -63,8 +68,11 @@ def step(paths: Paths, name: str) -> None:
     ks = kickstart.load(paths.kickstart(name), version=conf.syntax, compat=conf.compat)
     for warning in ks.warnings:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
+    plan, plan_warnings = partitions.plan_with_warnings(ks, conf.disk_sizes)
+    for warning in plan_warnings:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     build = paths.build_dir(name)
-    for layer, value in layer_inputs(ks, conf).items():
+    for layer, value in layer_inputs(ks, conf, plan).items():
         write_if_changed(build / "inputs" / f"{layer}.json", canonical_json(value) + "\n")
     write_if_changed(files_file(paths, name), json.dumps([str(f) for f in ks.files]) + "\n")
     key = layer_key("kickstart", CODE_VERSION, {"sections": ks.sections, "syntax": conf.syntax})
