@@ -43,6 +43,15 @@ class Settings:
     accel: str = "tcg"
     boot_marker: str = "login:"
     boot_timeout: int = 180
+    formats: tuple[str, ...] = ("qcow2",)
+    qcow2_compression: str = "zlib"
+    raw_compression: str = "none"
+    vmdk_subformat: str = "streamOptimized"
+    version: str = "1.0"
+    release: str = "1"
+    vcpus: int = 1
+    memory: int = 512
+    ova: bool = False
 
     def lock_inputs(self) -> dict[str, Any]:
         """The settings that the depsolve reads."""
@@ -124,6 +133,42 @@ FIELDS: dict[str, Field] = {
 }
 
 
+def _formats(value: list[Any]) -> tuple[str, ...]:
+    from ksbake.convert import FORMATS
+
+    if not value:
+        raise ValueError("must name at least one format")
+    for fmt in value:
+        if fmt not in FORMATS:
+            raise ValueError(f"names an unknown format {fmt!r} (use {', '.join(FORMATS)})")
+    return tuple(dict.fromkeys(value))
+
+
+FIELDS.update(
+    {
+        "formats": Field((list,), "disk formats to publish: raw, qcow2, vmdk, vdi, vhdx", _formats),
+        "qcow2_compression": Field(
+            (str,),
+            "none, zlib (readable everywhere) or zstd (faster)",
+            _one_of("none", "zlib", "zstd"),
+        ),
+        "raw_compression": Field(
+            (str,), "none or xz (independent 16 MiB blocks)", _one_of("none", "xz")
+        ),
+        "vmdk_subformat": Field(
+            (str,),
+            "streamOptimized (VMware/OVF import) or monolithicSparse",
+            _one_of("streamOptimized", "monolithicSparse"),
+        ),
+        "version": Field((str, int, float), "appliance version (descriptor)", str),
+        "release": Field((str, int), "appliance release (descriptor)", str),
+        "vcpus": Field((int,), "virtual CPUs (descriptor)", _positive),
+        "memory": Field((int,), "memory in MiB (descriptor)", _positive),
+        "ova": Field((bool,), "also package the OVF descriptor and vmdk disks as NAME.ova"),
+    }
+)
+
+
 def parse_mirrors(text: str, source: str) -> dict[str, str]:
     """``name=url,name=url`` (the ``KSBAKE_MIRRORS`` format)."""
     out: dict[str, str] = {}
@@ -155,9 +200,14 @@ def load(name: str, configs_dir: Path, environ: dict[str, str] | None = None) ->
                 bool not in spec.types and isinstance(value, bool)
             ):
                 want = " or ".join(
-                    {"str": "string", "dict": "table", "int": "integer", "bool": "boolean"}[
-                        t.__name__
-                    ]
+                    {
+                        "str": "string",
+                        "dict": "table",
+                        "int": "integer",
+                        "bool": "boolean",
+                        "list": "array",
+                        "float": "number",
+                    }[t.__name__]
                     for t in spec.types
                 )
                 raise ConfigError(f"{path}: key '{key}' must be of type {want}, got {value!r}")

@@ -65,3 +65,33 @@ def test_invalid_values(tmp_path: Path, text: str, needle: str) -> None:
     (tmp_path / "x.toml").write_text(text)
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
         settings.load("x", tmp_path, environ={})
+
+
+def test_output_settings(tmp_path: Path) -> None:
+    (tmp_path / "x.toml").write_text(
+        'formats = ["qcow2", "vmdk", "qcow2"]\nqcow2_compression = "zstd"\nvcpus = 2\n'
+        "memory = 1024\nversion = 2.5\nrelease = 3\n"
+    )
+    conf = settings.load("x", tmp_path, environ={})
+    assert conf.formats == ("qcow2", "vmdk")
+    assert (conf.qcow2_compression, conf.vcpus, conf.memory) == ("zstd", 2, 1024)
+    assert (conf.version, conf.release) == ("2.5", "3")
+
+
+def test_appliance_creator_defaults(tmp_path: Path) -> None:
+    conf = settings.load("x", tmp_path, environ={})
+    assert (conf.formats, conf.vcpus, conf.memory) == (("qcow2",), 1, 512)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('formats = ["qcow3"]\n', "key 'formats' names an unknown format 'qcow3'"),
+        ('vmdk_subformat = "flat"\n', "key 'vmdk_subformat' must be one of"),
+        ('formats = "qcow2"\n', "key 'formats' must be of type array"),
+    ],
+)
+def test_invalid_output_settings(tmp_path: Path, text: str, needle: str) -> None:
+    (tmp_path / "x.toml").write_text(text)
+    with pytest.raises(ConfigError, match=needle):
+        settings.load("x", tmp_path, environ={})
