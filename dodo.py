@@ -4,8 +4,16 @@ Thin on purpose: configuration, then the task creators from tasks/.
 """
 
 from tasks.appliance import task_appliance  # noqa: F401
+from tasks.boottest import task_boottest  # noqa: F401
 from tasks.common import PATHS, XxhashChecker
-from tasks.layers import task_config, task_kickstart, task_lock, task_packages  # noqa: F401
+from tasks.layers import (  # noqa: F401
+    task_bootloader,
+    task_config,
+    task_disks,
+    task_kickstart,
+    task_lock,
+    task_packages,
+)
 from tasks.repo import task_repo  # noqa: F401
 
 PATHS.cache.mkdir(parents=True, exist_ok=True)

@@ -923,3 +923,90 @@ def install(
         seconds=round(time.monotonic() - started, 3),
     )
     return result
+
+
+# -- the layer step, run in the build process ----------------------------------------------
+
+CODE_VERSION = 1
+
+
+def grub_tool_version() -> str:
+    """The host grub-mkimage's version: it writes the boot code (part of the key)."""
+    out = subprocess.run(["grub-mkimage", "--version"], capture_output=True, text=True, check=False)
+    return out.stdout.strip() or "grub-mkimage: not found"
+
+
+def step(paths: Any, name: str) -> None:
+    """Obtain bootable copies of this appliance's disks: GRUB and grub.cfg installed."""
+    import json
+
+    from ksbake import config, report, sandbox
+    from ksbake.hashing import canonical_json, layer_key, write_if_changed
+    from ksbake.store import Store
+
+    started = time.monotonic()
+    store = Store(paths.store)
+    build_dir = paths.build_dir(name)
+    inputs = json.loads((build_dir / "inputs" / "bootloader.json").read_text())
+    disks_key = json.loads((build_dir / "disks.ref").read_text())["key"]
+    disks_dir = store.object_dir("disks", disks_key)
+    disks = json.loads((disks_dir / "result.json").read_text())
+    for disk in disks["disks"]:
+        disk["file"] = str(disks_dir / disk["file"])
+    plan = json.loads((disks_dir / "plan.json").read_text())
+    config_key = store.read_meta("disks", disks_key)["parents"]["config"]
+    key = layer_key(
+        "bootloader",
+        CODE_VERSION,
+        {
+            "bootloader": inputs["bootloader"],
+            "firmware": inputs["firmware"],
+            "tools": grub_tool_version(),
+        },
+        {"disks": disks_key},
+    )
+
+    def build_bootable(staging: Path) -> dict[str, Any]:
+        result = sandbox.call(
+            "ksbake.bootloader:install",
+            {
+                "disks": disks,
+                "plan": plan,
+                "bootloader": inputs["bootloader"],
+                "tree_layers": [str(p) for p in config.layers(paths, config_key)],
+                "firmware": inputs["firmware"],
+                "out_dir": str(staging),
+                "seed": key,
+            },
+        )
+        for disk in result["disks"]:
+            disk["file"] = Path(disk["file"]).name  # relative: the staging dir is renamed
+        (staging / "result.json").write_text(json.dumps(result, indent=1, sort_keys=True))
+        return {
+            "size": report.tree_size(staging),
+            "grub": result.get("grub"),
+            "parents": {"disks": disks_key},
+        }
+
+    obtained = store.obtain("bootloader", key, build_bootable)
+    write_if_changed(build_dir / "bootloader.ref", canonical_json({"key": key}) + "\n")
+    report.record(
+        paths,
+        name,
+        "bootloader",
+        key,
+        obtained.built,
+        time.monotonic() - started,
+        obtained.meta.get("size"),
+        note=obtained.meta.get("grub"),
+    )
+
+
+def result_of(paths: Any, key: str) -> tuple[Path, dict[str, Any]]:
+    """The bootloader object's directory and its result (disk files relative to it)."""
+    import json
+
+    from ksbake.store import Store
+
+    directory = Store(paths.store).object_dir("bootloader", key)
+    return directory, json.loads((directory / "result.json").read_text())

@@ -399,14 +399,13 @@ def step(paths: Any, name: str) -> None:
     )
 
 
-def layers(paths: Any, name: str) -> list[Path]:
-    """The directories whose overlay is the configured tree, topmost first."""
-    import json
-
+def layers(paths: Any, config_key: str) -> list[Path]:
+    """The directories whose overlay is the configured tree ``config_key``, topmost first."""
     from ksbake import packages
+    from ksbake.store import Store
 
-    ref = json.loads((paths.build_dir(name) / "config.ref").read_text())
+    packages_key = Store(paths.store).read_meta("config", config_key)["parents"]["packages"]
     return [
-        paths.store / "objects" / "config" / ref["key"] / "upper",
-        packages.tree_path(paths, ref["packages"]),
+        paths.store / "objects" / "config" / config_key / "upper",
+        packages.tree_path(paths, packages_key),
     ]

@@ -1272,3 +1272,52 @@ def _chunks(fd: int, start: int, end: int) -> Iterator[tuple[int, bytes]]:
         if run_start is not None:
             yield pos + run_start, bytes(view[run_start:])
         pos += len(buf)
+
+
+# -- the layer step, run in the build process ----------------------------------------------
+
+CODE_VERSION = 1
+
+
+def step(paths: Any, name: str) -> None:
+    """Obtain the partitioned disks for this appliance's plan and configured tree."""
+    import json
+    import time
+
+    from ksbake import config, report, sandbox
+    from ksbake.hashing import canonical_json, layer_key, write_if_changed
+    from ksbake.store import Store
+
+    started = time.monotonic()
+    build_dir = paths.build_dir(name)
+    plan_dict = json.loads((build_dir / "inputs" / "disks.json").read_text())["plan"]
+    config_key = json.loads((build_dir / "config.ref").read_text())["key"]
+    key = layer_key(
+        "disks", CODE_VERSION, {"plan": plan_dict, "tools": tool_versions()}, {"config": config_key}
+    )
+
+    def build_disks(staging: Path) -> dict[str, Any]:
+        result = sandbox.call(
+            "ksbake.disks:build",
+            {
+                "plan": plan_dict,
+                "layers": [str(p) for p in config.layers(paths, config_key)],
+                "out_dir": str(staging),
+                "seed": key,
+            },
+        )
+        (staging / "result.json").write_text(json.dumps(result, indent=1, sort_keys=True))
+        (staging / "plan.json").write_text(json.dumps(plan_dict, indent=1, sort_keys=True))
+        return {"size": report.tree_size(staging), "parents": {"config": config_key}}
+
+    obtained = Store(paths.store).obtain("disks", key, build_disks)
+    write_if_changed(build_dir / "disks.ref", canonical_json({"key": key}) + "\n")
+    report.record(
+        paths,
+        name,
+        "disks",
+        key,
+        obtained.built,
+        time.monotonic() - started,
+        obtained.meta.get("size"),
+    )

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ksbake import kickstart, partitions, report, settings
+from ksbake.bootloader import bootloader_settings
 from ksbake.hashing import canonical_json, layer_key, write_if_changed
 from ksbake.layout import Plan
 from ksbake.paths import Paths
@@ -44,7 +45,10 @@ def layer_inputs(
             "ks_dir": str(ks.path.parent),
         },
         "disks": {"plan": plan.to_dict()},
-        "bootloader": {"ks": s["bootloader"], "syntax": conf.syntax},
+        "bootloader": {
+            "bootloader": bootloader_settings(ks.handler),
+            "firmware": conf.firmware,
+        },
     }
 
 

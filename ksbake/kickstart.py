@@ -123,8 +123,7 @@ SECTION_NAMES: tuple[str, ...] = (
 
 REMOVED_COMMAND_NOTES: dict[str, str] = {
     "auth": "shadow passwords and SHA-512 are the default now, 'authselect' sets a profile",
-    "authconfig": "shadow passwords and SHA-512 are the default now, 'authselect' sets a "
-    "profile",
+    "authconfig": "shadow passwords and SHA-512 are the default now, 'authselect' sets a profile",
     "install": "a fresh install is the only mode, the line had no effect",
     "upgrade": "ksbake always builds a fresh image",
     "device": "appliance-creator put this kernel module into the initramfs, a "
@@ -179,8 +178,16 @@ LEGACY_OPTIONS: dict[str, dict[str, bool]] = {
 says whether the option takes a value. Dropped in compat mode."""
 
 _BOOTLOADER_VALUE_OPTIONS = frozenset(
-    {"--append", "--location", "--driveorder", "--password", "--md5pass", "--timeout",
-     "--default", "--boot-drive"}
+    {
+        "--append",
+        "--location",
+        "--driveorder",
+        "--password",
+        "--md5pass",
+        "--timeout",
+        "--default",
+        "--boot-drive",
+    }
 )
 _EMPTY_PACKAGE_ENTRIES = frozenset({"-", "@", "-@", "@^", "-@^"})
 _SECRET_OPTIONS = ("--password", "--md5pass", "--pass", "--plaintext", "--passphrase")
@@ -273,7 +280,8 @@ def load(path: Path, *, version: str = DEFAULT_SYNTAX, compat: bool = False) -> 
     except ValueError as exc:  # pykickstart lets some of these out (shlex, conversions)
         where = locate(line_map, parser.last_lineno) if parser.last_lineno else None
         raise KickstartError(
-            str(where.path if where else main), where.line if where else None,
+            str(where.path if where else main),
+            where.line if where else None,
             f"pykickstart could not parse this: {exc}",
             f"checked against kickstart syntax {syntax}",
         ) from None
@@ -403,7 +411,7 @@ def _locate_warning(
     match = _ON_LINE.search(text)
     if match:
         lineno = int(match.group(1))
-        text = text[: match.start()] + text[match.end():]
+        text = text[: match.start()] + text[match.end() :]
     if lineno and line_map:
         return f"{locate(line_map, lineno)}: {text}"
     return f"{main}: {text}"
@@ -475,8 +483,9 @@ class _Flattener:
         try:
             text = _read_text(path)
         except OSError as exc:
-            raise KickstartError(str(path), None, f"cannot read the kickstart: "
-                                 f"{exc.strerror or exc}") from None
+            raise KickstartError(
+                str(path), None, f"cannot read the kickstart: {exc.strerror or exc}"
+            ) from None
         self._read(path, text)
         if self._section is not None:
             self._unterminated_at_eof(self._section)
@@ -498,7 +507,9 @@ class _Flattener:
         name = tokens[1]
         if kind == "%ksappend" and "://" in name:
             raise KickstartError(
-                str(where.path), where.line, f"'%ksappend {name}': remote files are not supported",
+                str(where.path),
+                where.line,
+                f"'%ksappend {name}': remote files are not supported",
                 "download it next to the kickstart and %include the copy",
             )
         target = Path(name)
@@ -507,24 +518,34 @@ class _Flattener:
         target = target.resolve()
         if target in self._stack:
             chain = " -> ".join(p.name for p in [*self._stack, target])
-            raise KickstartError(str(where.path), where.line, f"{kind} cycle: {chain}",
-                                 "remove one of the %include lines")
+            raise KickstartError(
+                str(where.path),
+                where.line,
+                f"{kind} cycle: {chain}",
+                "remove one of the %include lines",
+            )
         if target.exists() and not target.is_file():
-            raise KickstartError(str(where.path), where.line,
-                                 f"{kind} {name}: {target} is not a file")
+            raise KickstartError(
+                str(where.path), where.line, f"{kind} {name}: {target} is not a file"
+            )
         if not target.is_file():
             hint = "create the file or remove the line"
             if name.startswith(("/tmp/", "/run/")):
-                hint = ("it is probably written by a %pre script at install time; ksbake does not "
-                        "run %pre, so put its content in a file next to the kickstart")
-            raise KickstartError(str(where.path), where.line,
-                                 f"{kind} {name}: {target} does not exist", hint)
+                hint = (
+                    "it is probably written by a %pre script at install time; ksbake does not "
+                    "run %pre, so put its content in a file next to the kickstart"
+                )
+            raise KickstartError(
+                str(where.path), where.line, f"{kind} {name}: {target} does not exist", hint
+            )
         try:
             text = _read_text(target)
         except OSError as exc:
-            raise KickstartError(str(where.path), where.line,
-                                 f"{kind} {name}: cannot read {target}: {exc.strerror or exc}"
-                                 ) from None
+            raise KickstartError(
+                str(where.path),
+                where.line,
+                f"{kind} {name}: cannot read {target}: {exc.strerror or exc}",
+            ) from None
         before = self._section
         token = self._reads + 1
         self._read(target, text)
@@ -559,9 +580,12 @@ class _Flattener:
         if self._section.name == "%packages":
             entry = raw.partition("#")[0].strip()
             if entry in _EMPTY_PACKAGE_ENTRIES:  # pykickstart crashes (IndexError) on "-"
-                raise KickstartError(str(where.path), where.line,
-                                     f"'{entry}' in %packages names no package or group",
-                                     "write the name right after it, e.g. -kudzu or @core")
+                raise KickstartError(
+                    str(where.path),
+                    where.line,
+                    f"'{entry}' in %packages names no package or group",
+                    "write the name right after it, e.g. -kudzu or @core",
+                )
         self._emit(raw, where)
 
     def _command_line(self, raw: str, where: Location) -> None:
@@ -591,8 +615,9 @@ class _Flattener:
         try:
             return shlex.split(raw, comments=True)
         except ValueError as exc:
-            raise KickstartError(str(where.path), where.line, f"cannot split this line: {exc}",
-                                 "check the quotes") from None
+            raise KickstartError(
+                str(where.path), where.line, f"cannot split this line: {exc}", "check the quotes"
+            ) from None
 
     # legacy constructs
 
@@ -600,8 +625,9 @@ class _Flattener:
         """Strict mode: remember the first legacy construct (raised after parsing, unless
         pykickstart fails on an earlier line); compat mode never gets here."""
         if self.first_violation is None:
-            error = KickstartError(str(where.path), where.line, message,
-                                   f"{fix}, or build with compat = true")
+            error = KickstartError(
+                str(where.path), where.line, message, f"{fix}, or build with compat = true"
+            )
             self.first_violation = (len(self.lines) + 1, error)
 
     def _rewrite(self, where: Location, message: str, fix: str, done: str) -> None:
@@ -624,14 +650,24 @@ class _Flattener:
             )
             return ""
         if status == "newer":
-            message = (f"'{name}' is not part of kickstart syntax {self.syntax}; it first "
-                       f"appears in {other}")
+            message = (
+                f"'{name}' is not part of kickstart syntax {self.syntax}; it first "
+                f"appears in {other}"
+            )
             if name in DROPPABLE_NEWER_COMMANDS:
-                self._rewrite(where, message, f"set the kickstart syntax to {other} or later",
-                              "dropped the line")
+                self._rewrite(
+                    where,
+                    message,
+                    f"set the kickstart syntax to {other} or later",
+                    "dropped the line",
+                )
                 return ""
-            raise KickstartError(str(where.path), where.line, message,
-                                 f"set the kickstart syntax to {other} or later")
+            raise KickstartError(
+                str(where.path),
+                where.line,
+                message,
+                f"set the kickstart syntax to {other} or later",
+            )
         if name == "zerombr" and len(tokens) > 1 and _rejects(self.version, raw.strip()):
             self._rewrite(
                 where,
@@ -649,7 +685,8 @@ class _Flattener:
 
     def _legacy_extlinux(self, tokens: list[str], raw: str, where: Location) -> str:
         positions = [
-            i for i, tok in enumerate(tokens)
+            i
+            for i, tok in enumerate(tokens)
             if i > 0 and tok == "extlinux" and tokens[i - 1] not in _BOOTLOADER_VALUE_OPTIONS
         ]
         if not positions or not _rejects(self.version, raw.strip()):
@@ -705,20 +742,25 @@ class _Flattener:
     def _unterminated_before(self, section: _Open, where: Location) -> None:
         """A new section header while ``section`` is still open (sections without %end)."""
         at = f"line {where.line}" if where.path == section.where.path else str(where)
-        self._close_legacy(section, f"section {section.name} opened here has no %end "
-                                    f"(the next section starts at {at})")
+        self._close_legacy(
+            section,
+            f"section {section.name} opened here has no %end (the next section starts at {at})",
+        )
 
     def _unterminated_at_eof(self, section: _Open) -> None:
-        self._close_legacy(section, f"section {section.name} opened here has no %end "
-                                    "before the end of the kickstart")
+        self._close_legacy(
+            section,
+            f"section {section.name} opened here has no %end before the end of the kickstart",
+        )
 
     def _close_legacy(self, section: _Open, message: str) -> None:
         self._section = None
         if self.version < ksversion.F8:  # %end was optional before F8
             self._emit("%end", section.where)
             return
-        self._rewrite(section.where, message, "add %end after the last line of the section",
-                      "closed it there")
+        self._rewrite(
+            section.where, message, "add %end after the last line of the section", "closed it there"
+        )
         self._emit("%end", section.where)
 
     def _unterminated_include(self, section: _Open, target: Path) -> None:
@@ -741,8 +783,9 @@ def _read_text(path: Path) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise KickstartError(str(path), line, "not UTF-8 text", "re-encode the file as UTF-8"
-                             ) from None
+        raise KickstartError(
+            str(path), line, "not UTF-8 text", "re-encode the file as UTF-8"
+        ) from None
 
 
 @cache

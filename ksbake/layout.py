@@ -69,9 +69,7 @@ class Plan:
 
     def mounts(self) -> list[tuple[str, DiskPlan, PartitionPlan]]:
         """(mountpoint, disk, partition) of every mounted filesystem, shallowest first."""
-        found = [
-            (p.mountpoint, d, p) for d in self.disks for p in d.partitions if p.mountpoint
-        ]
+        found = [(p.mountpoint, d, p) for d in self.disks for p in d.partitions if p.mountpoint]
         return sorted(found, key=lambda m: (m[0].count("/") if m[0] != "/" else 0, m[0]))
 
     def boot_disk(self) -> DiskPlan:

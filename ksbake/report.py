@@ -71,6 +71,7 @@ def summary(paths: Paths, name: str, layers: list[str]) -> str:
     """A table of the layers of one appliance: built, reused (store hit) or cached (doit
     found the task up to date), time, size, key."""
     rows = [f"{'layer':<12} {'result':<7} {'time':>8} {'size':>10}  key"]
+    notes = []
     for layer in layers:
         path = paths.build_dir(name) / "summary" / f"{layer}.json"
         if not path.exists():
@@ -83,4 +84,6 @@ def summary(paths: Paths, name: str, layers: list[str]) -> str:
             f"{layer:<12} {result:<7} {ev['seconds']:>7.2f}s "
             f"{human(ev.get('size')):>10}  {ev['key'][:16]}"
         )
-    return "\n".join(rows)
+        if ev.get("note"):
+            notes.append(f"{layer}: {ev['note']}")
+    return "\n".join(rows + notes)

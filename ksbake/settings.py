@@ -126,7 +126,11 @@ FIELDS: dict[str, Field] = {
         'disk = size ("sda" = "4GiB" or MiB): fixed disk sizes; --grow fills them',
         _size_table,
     ),
-    "firmware": Field((str,), "bios or uefi", _one_of("bios", "uefi")),
+    "firmware": Field(
+        (str,),
+        "bios, uefi, or bios+uefi (one image that boots both ways)",
+        _one_of("bios", "uefi", "bios+uefi"),
+    ),
     "accel": Field((str,), "QEMU accelerator for boot tests: tcg, kvm, ... (KSBAKE_ACCEL)"),
     "boot_marker": Field((str,), "text on the serial console that means the boot succeeded"),
     "boot_timeout": Field((int,), "seconds a boot test may take", _positive),

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from ksbake import report
 from tasks.common import PATHS
 
-LAYERS = ["kickstart", "lock", "packages", "config"]
+LAYERS = ["kickstart", "lock", "packages", "config", "disks", "bootloader"]
 
 
 def task_appliance() -> Iterator[dict]:
@@ -17,7 +17,7 @@ def task_appliance() -> Iterator[dict]:
             "name": name,
             "doc": f"build the {name} appliance",
             "actions": [(lambda n=name: print(report.summary(PATHS, n, LAYERS)) or None)],
-            "task_dep": [f"config:{name}"],
+            "task_dep": [f"bootloader:{name}"],
             "uptodate": [False],
             "verbosity": 2,
         }

@@ -11,12 +11,18 @@ from collections.abc import Iterator
 
 from doit.tools import config_changed
 
-from ksbake import config, inputs, lock, packages
+from ksbake import bootloader, config, disks, inputs, lock, packages
 from tasks.common import PATHS, action
 
 
 def _build(name: str, file: str) -> str:
     return str(PATHS.build_dir(name) / file)
+
+
+def _code(*modules: str) -> list[str]:
+    """A layer's own code as a dependency: an edit reruns the step, which then rebuilds only
+    if the layer's CODE_VERSION (part of its key) was bumped, else reuses the stored object."""
+    return [str(PATHS.root / "ksbake" / f"{m}.py") for m in modules]
 
 
 def task_kickstart() -> Iterator[dict]:
@@ -30,7 +36,8 @@ def task_kickstart() -> Iterator[dict]:
             "name": name,
             "doc": f"parse configs/{name}.ks",
             "actions": [action(inputs.step, PATHS, name)],
-            "file_dep": deps,
+            "file_dep": deps
+            + _code("inputs", "kickstart", "partitions", "layout", "settings", "bootloader"),
             "targets": [_build(name, f"inputs/{layer}.json") for layer in inputs.LAYERS],
             # an environment override is an input too: rerun when it changes
             "uptodate": [config_changed({"KSBAKE_MIRRORS": os.environ.get("KSBAKE_MIRRORS", "")})],
@@ -45,7 +52,7 @@ def task_lock() -> Iterator[dict]:
             "name": name,
             "doc": f"resolve the package set of {name}",
             "actions": [action(lock.step, PATHS, name)],
-            "file_dep": [_build(name, "inputs/lock.json")],
+            "file_dep": [_build(name, "inputs/lock.json"), *_code("lock")],
             "targets": [_build(name, "lock.json"), _build(name, "lock.state.json")],
             "task_dep": ["repo"] if inputs.uses_bundled_repo(PATHS, name) else [],
             "uptodate": [(lock.metadata_unchanged, [PATHS, name])],
@@ -59,7 +66,7 @@ def task_packages() -> Iterator[dict]:
             "name": name,
             "doc": f"install the locked packages of {name}",
             "actions": [action(packages.step, PATHS, name)],
-            "file_dep": [_build(name, "lock.json")],
+            "file_dep": [_build(name, "lock.json"), *_code("packages", "lock")],
             "targets": [_build(name, "packages.ref")],
         }
 
@@ -71,6 +78,42 @@ def task_config() -> Iterator[dict]:
             "name": name,
             "doc": f"configure {name} (settings, users, %post)",
             "actions": [action(config.step, PATHS, name)],
-            "file_dep": [_build(name, "packages.ref"), _build(name, "inputs/config.json")],
+            "file_dep": [
+                _build(name, "packages.ref"),
+                _build(name, "inputs/config.json"),
+                *_code("config", "chroot", "treefs"),
+            ],
             "targets": [_build(name, "config.ref")],
+        }
+
+
+def task_disks() -> Iterator[dict]:
+    """Partition each appliance's disks and build their filesystems from the tree."""
+    for name in PATHS.appliances():
+        yield {
+            "name": name,
+            "doc": f"partitioned raw disks of {name}",
+            "actions": [action(disks.step, PATHS, name)],
+            "file_dep": [
+                _build(name, "config.ref"),
+                _build(name, "inputs/disks.json"),
+                *_code("disks"),
+            ],
+            "targets": [_build(name, "disks.ref")],
+        }
+
+
+def task_bootloader() -> Iterator[dict]:
+    """Install GRUB (BIOS or UEFI) and grub.cfg into copies of each appliance's disks."""
+    for name in PATHS.appliances():
+        yield {
+            "name": name,
+            "doc": f"bootable disks of {name}",
+            "actions": [action(bootloader.step, PATHS, name)],
+            "file_dep": [
+                _build(name, "disks.ref"),
+                _build(name, "inputs/bootloader.json"),
+                *_code("bootloader"),
+            ],
+            "targets": [_build(name, "bootloader.ref")],
         }

@@ -1,0 +1,28 @@
+"""doit task ``boottest:NAME``: boot the appliance in QEMU until its success marker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from doit.tools import config_changed
+
+from ksbake import boottest
+from ksbake.errors import KsbakeError
+from tasks.common import PATHS, action
+
+
+def task_boottest() -> Iterator[dict]:
+    """Boot each appliance in QEMU (TCG unless `accel` says otherwise) and wait for its marker."""
+    for name in PATHS.appliances():
+        try:
+            boot = boottest.boot_settings(PATHS, name)
+        except KsbakeError:
+            boot = {}  # invalid settings: the kickstart task reports them
+        yield {
+            "name": name,
+            "doc": f"boot {name} in QEMU and wait for its marker",
+            "actions": [action(boottest.step, PATHS, name)],
+            "file_dep": [str(PATHS.build_dir(name) / "bootloader.ref")],
+            "targets": [str(PATHS.build_dir(name) / "boottest.json")],
+            "uptodate": [config_changed(boot)],
+        }
