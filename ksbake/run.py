@@ -48,6 +48,9 @@ TOOL_PACKAGES: dict[str, tuple[str, str]] = {
     "umount": ("mount", "util-linux"),
     "qemu-img": ("qemu-utils", "qemu-img"),
     "qemu-system-x86_64": ("qemu-system-x86", "qemu-system-x86-core"),
+    "virt-xml-validate": ("libvirt-clients", "libvirt-client"),
+    "xmllint": ("libxml2-utils", "libxml2"),
+    "virsh": ("libvirt-clients", "libvirt-client"),
 }
 
 

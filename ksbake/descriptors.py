@@ -1,0 +1,642 @@
+"""Hypervisor descriptors for a built appliance: virt-image XML, libvirt domain XML, OVF/OVA.
+
+The descriptor layer knows the appliance's settings and its converted disks; these pure
+functions turn that (an ``Appliance``) into the bytes of each descriptor, so identical inputs
+give identical files (no UUIDs, MAC addresses, timestamps or host facts: the arch is the
+image's, never the build host's, which was one of appliance-creator's bugs).
+
+- ``virt_image_xml``: the virt-image(5) descriptor appliance-creator wrote (its
+  ``_write_image_xml``), read by virt-image(1) / virtinst's ``ImageParser``. The 2008 RelaxNG
+  grammar (``image.rng``) is stricter than that parser; where they differ we follow the
+  parser (the tool that consumed the files), see ``virt_image_xml``.
+- ``libvirt_domain_xml``: a domain that imports the disks, for ``virsh define``.
+- ``ovf_xml`` / ``ovf_manifest`` / ``write_ova``: an OVF 1.0 package that both VMware and
+  VirtualBox import.
+
+The only I/O here is ``describe_disk`` (size and checksum of a converted disk) and
+``write_ova`` (packs files the caller already wrote).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tarfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lxml import etree
+
+from ksbake.errors import ConfigError
+from ksbake.run import run
+
+KiB = 1024
+MiB = 1024 * 1024
+
+FORMATS = ("raw", "qcow2", "vmdk", "vdi", "vhdx")
+"""Disk formats the convert layer can produce."""
+
+VIRT_IMAGE_FORMATS = ("raw", "qcow2", "vmdk", "vdi")
+"""Formats virtinst's ImageParser accepted (also iso, qcow); image.rng allows only raw (and iso)."""
+
+LIBVIRT_FORMATS = ("raw", "qcow2", "vmdk", "vdi")
+"""Formats libvirt's ``<driver type>`` accepts (libvirt 9.0 storagecommon.rng has no vhdx)."""
+
+OVF_FORMATS = ("vmdk",)
+"""OVF Disk formats VMware and VirtualBox both import (a streamOptimized vmdk)."""
+
+ARCHES = ("x86_64", "i686", "aarch64")
+
+VMDK_STREAM_OPTIMIZED = "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"
+
+OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1"
+RASD_NS = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
+VSSD_NS = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData"
+VMW_NS = "http://www.vmware.com/schema/ovf"
+XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
+
+# libvirt machine type and whether the arch has x86 features (apic, rtc/pit timers).
+_LIBVIRT_MACHINES = {"x86_64": ("q35", True), "i686": ("q35", True), "aarch64": ("virt", False)}
+
+# CIM_OperatingSystem OsType (ovf:id) and VMware guest id per arch. 101 "Linux 64-Bit" /
+# otherLinux64Guest is what ovftool writes for "Other Linux (64-bit)"; 36 is "LINUX".
+_OVF_OS = {
+    "x86_64": ("101", "otherLinux64Guest", "Linux (64-bit)"),
+    "i686": ("36", "otherLinuxGuest", "Linux (32-bit)"),
+    "aarch64": ("101", None, "Linux (64-bit)"),
+}
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+_VERSION_RE = re.compile(r"[A-Za-z0-9._+~]*")
+_DISK_RE = re.compile(r"[A-Za-z0-9]+")
+_FILE_RE = re.compile(r"[A-Za-z0-9_.+%-]+")  # image.rng relFilePath without "/"
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_USTAR_MAX = 8**11 - 1  # a ustar size field holds 11 octal digits
+
+
+@dataclass(frozen=True)
+class DiskImage:
+    """One converted disk file, as the descriptors reference it."""
+
+    disk: str  # kickstart --ondisk name: sda, sdb, vda ...
+    file: str  # basename, e.g. "demo-sda.qcow2" (descriptors sit next to their disks)
+    format: str  # one of FORMATS
+    virtual_size: int  # bytes the guest sees
+    file_size: int  # bytes of the file (OVF References need it)
+    sha256: str  # hex digest of the file
+
+    def __post_init__(self) -> None:
+        where = f"disk {self.disk!r}"
+        if not _DISK_RE.fullmatch(self.disk):
+            raise ConfigError(f"{where}: disk name must be letters and digits (sda, vdb)")
+        if not _FILE_RE.fullmatch(self.file):
+            raise ConfigError(
+                f"{where}: file {self.file!r} must be a plain file name",
+                hint="descriptors reference disks relative to themselves",
+            )
+        if self.format not in FORMATS:
+            raise ConfigError(f"{where}: format must be one of {', '.join(FORMATS)}")
+        if self.virtual_size <= 0 or self.file_size < 0:
+            raise ConfigError(f"{where}: sizes must be positive")
+        if not _SHA256_RE.fullmatch(self.sha256):
+            raise ConfigError(f"{where}: sha256 must be 64 lowercase hex digits")
+
+
+@dataclass(frozen=True)
+class Appliance:
+    """Everything the descriptors say about an appliance, and nothing else.
+
+    ``nics`` is one per kickstart ``network`` line, as appliance-creator counted them (it wrote
+    one ``<interface/>`` per line of ``ks.handler.network.network``): no ``network`` line means
+    no NIC. ``graphics`` defaults to True because appliance-creator always wrote
+    ``<graphics/>``. ``boot_disk`` is the disk holding /boot (or /), where GRUB is installed;
+    it defaults to the first disk.
+    """
+
+    name: str
+    disks: tuple[DiskImage, ...]
+    version: str = ""  # "" leaves the attribute out, as appliance-creator did
+    release: str = ""
+    arch: str = "x86_64"  # the IMAGE's architecture
+    vcpus: int = 1
+    memory_mib: int = 512
+    firmware: str = "bios"  # "bios" | "uefi"
+    nics: int = 1
+    graphics: bool = True
+    boot_disk: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "disks", tuple(self.disks))
+        where = f"appliance {self.name!r}"
+        if not _NAME_RE.fullmatch(self.name):
+            raise ConfigError(
+                f"{where}: name must be letters, digits and . _ + - (it names files and domains)"
+            )
+        for label, value in (("version", self.version), ("release", self.release)):
+            if not _VERSION_RE.fullmatch(value):
+                raise ConfigError(f"{where}: {label} {value!r} must be letters, digits, . _ + ~")
+        if self.arch not in ARCHES:
+            raise ConfigError(f"{where}: arch must be one of {', '.join(ARCHES)}")
+        if not 1 <= self.vcpus <= 65535:
+            raise ConfigError(f"{where}: vcpus must be between 1 and 65535")
+        if self.memory_mib < 4:
+            raise ConfigError(f"{where}: memory must be at least 4 MiB")
+        if self.firmware not in ("bios", "uefi"):
+            raise ConfigError(f"{where}: firmware must be 'bios' or 'uefi'")
+        if self.firmware == "bios" and self.arch == "aarch64":
+            raise ConfigError(f"{where}: aarch64 has no BIOS", hint="set firmware = 'uefi'")
+        if self.nics < 0:
+            raise ConfigError(f"{where}: nics must be 0 or more")
+        if not self.disks:
+            raise ConfigError(f"{where}: an appliance needs at least one disk")
+        if len(set(self.disk_names)) != len(self.disks):
+            raise ConfigError(f"{where}: disk names repeat: {', '.join(self.disk_names)}")
+        if len({d.file for d in self.disks}) != len(self.disks):
+            raise ConfigError(f"{where}: disk file names repeat")
+        if self.boot_disk is not None and self.boot_disk not in self.disk_names:
+            raise ConfigError(f"{where}: boot disk {self.boot_disk!r} is not one of its disks")
+
+    @property
+    def disk_names(self) -> tuple[str, ...]:
+        """The --ondisk names, in kickstart order."""
+        return tuple(d.disk for d in self.disks)
+
+    def ordered_disks(self) -> tuple[DiskImage, ...]:
+        """Boot disk first, then the others in --ondisk order.
+
+        Firmware boots the first disk (hda, vda, SCSI 0:0), so the disk with GRUB must come
+        first whatever its kickstart name; fstab mounts by UUID, so target names do not matter
+        to the guest.
+        """
+        boot = self.boot_disk or self.disks[0].disk
+        return tuple(sorted(self.disks, key=lambda d: d.disk != boot))
+
+    @property
+    def full_version(self) -> str:
+        """``VERSION-RELEASE`` (or whichever is set)."""
+        return "-".join(v for v in (self.version, self.release) if v)
+
+
+def device_name(prefix: str, index: int) -> str:
+    """``hda``, ``hdb`` … ``hdz``, ``hdaa`` …, the way libvirt and Linux name disks."""
+    letters = ""
+    index += 1
+    while index:
+        index, rem = divmod(index - 1, 26)
+        letters = chr(ord("a") + rem) + letters
+    return prefix + letters
+
+
+def _serialize(root: etree._Element, *, declaration: bool) -> bytes:
+    """Pretty, deterministic bytes (attribute order is insertion order)."""
+    return etree.tostring(root, pretty_print=True, xml_declaration=declaration, encoding="UTF-8")
+
+
+def _sub(
+    parent: etree._Element,
+    tag: str,
+    text: str | None = None,
+    attrs: Mapping[str, str] | None = None,
+    **kw: str,
+) -> etree._Element:
+    """A child element; ``attrs`` for namespaced attribute names, keywords for plain ones."""
+    child = etree.SubElement(parent, tag, {**(attrs or {}), **kw})
+    if text is not None:
+        child.text = text
+    return child
+
+
+# --------------------------------------------------------------------------- virt-image
+
+
+def virt_image_xml(app: Appliance) -> bytes:
+    """The virt-image(5) descriptor, shaped like appliance-creator's output.
+
+    Kept from appliance-creator: ``<name version= release=>``, one hvm ``<boot>`` with
+    ``<loader dev='hd'/>``, one ``<drive target='hdX'>`` per disk, ``<memory>`` in KiB, one
+    ``<interface/>`` per NIC, ``<graphics/>``, ``use='system'`` disks with their format.
+    Fixed: the arch is the image's; the one checksum is the sha256 of the very file listed
+    (appliance-creator wrote sha1 and sha256, which image.rng rejects, and hashed the wrong
+    file); the boot disk is hda.
+
+    Where image.rng (2008) is stricter than virtinst's ImageParser, which read these files,
+    the output follows the parser: ``format`` qcow2/vmdk/vdi (the grammar allows only
+    raw/iso), no ``<graphics/>`` when graphics is off (the grammar requires it), arch
+    aarch64 (not in the grammar's list), a version/release with letters (the grammar's
+    verString is digits and dots). A raw x86 appliance with graphics and a numeric version
+    validates against image.rng. virt-image(5) cannot say "UEFI": a uefi appliance gets an
+    XML comment saying so, and should be imported with the libvirt domain XML instead.
+    """
+    bad = [d.file for d in app.disks if d.format not in VIRT_IMAGE_FORMATS]
+    if bad:
+        raise ConfigError(
+            f"appliance {app.name!r}: virt-image(5) cannot describe {', '.join(bad)}",
+            hint=f"virt-image reads {', '.join(VIRT_IMAGE_FORMATS)}; use the libvirt or OVF "
+            "descriptor for this format",
+        )
+    image = etree.Element("image")
+    name = _sub(image, "name", app.name)
+    if app.version:
+        name.set("version", app.version)
+    if app.release:
+        name.set("release", app.release)
+    domain = _sub(image, "domain")
+    if app.firmware == "uefi":
+        domain.append(
+            etree.Comment(
+                " firmware: uefi. virt-image(5) cannot express it: import this appliance "
+                "with its libvirt domain XML (os firmware='efi') "
+            )
+        )
+    boot = _sub(domain, "boot", type="hvm")
+    guest = _sub(boot, "guest")
+    _sub(guest, "arch", app.arch)
+    _sub(_sub(boot, "os"), "loader", dev="hd")
+    ordered = app.ordered_disks()
+    for index, disk in enumerate(ordered):
+        _sub(boot, "drive", disk=disk.file, target=device_name("hd", index))
+    devices = _sub(domain, "devices")
+    _sub(devices, "vcpu", str(app.vcpus))
+    _sub(devices, "memory", str(app.memory_mib * KiB))
+    for _ in range(app.nics):
+        _sub(devices, "interface")
+    if app.graphics:
+        _sub(devices, "graphics")
+    storage = _sub(image, "storage")
+    for disk in ordered:
+        element = _sub(storage, "disk", file=disk.file, use="system", format=disk.format)
+        _sub(element, "checksum", disk.sha256, type="sha256")
+    return _serialize(image, declaration=False)
+
+
+# --------------------------------------------------------------------------- libvirt
+
+
+def libvirt_domain_xml(
+    app: Appliance,
+    disk_paths: Sequence[str | os.PathLike[str]],
+    *,
+    domain_type: str = "kvm",
+    emulator: str | None = None,
+    serial_log: str | None = None,
+    network: str | None = "default",
+    graphics: bool | None = None,
+) -> bytes:
+    """A libvirt domain that imports the appliance's disks (``virsh define FILE``).
+
+    ``disk_paths[i]`` is where ``app.disks[i]`` lives on the host (absolute paths: libvirt
+    does not resolve relative ones). Shape follows ``virt-install --import`` (virtio disks
+    with ``<driver type>``, ``<boot order>`` on the boot disk, ``<os firmware='efi'>``) and the
+    2008 oVirt WUI template (on_poweroff/on_reboot/on_crash, serial + console, VNC on
+    127.0.0.1). No uuid and no MAC addresses: libvirt generates them at define time.
+
+    ``domain_type``: "kvm", or "qemu" for TCG (where the CPU is ``mode='maximum'``, QEMU's
+    ``-cpu max``; with KVM it is ``host-passthrough``). ``network``: the libvirt network each
+    NIC joins (``default`` is what virt-install uses); None gives user-mode networking,
+    which needs no libvirt network. ``serial_log``: write the serial console to this file
+    instead of a pty. ``graphics``: None follows ``app.graphics``.
+    """
+    if len(disk_paths) != len(app.disks):
+        raise ConfigError(
+            f"appliance {app.name!r}: {len(app.disks)} disks but {len(disk_paths)} disk paths"
+        )
+    if domain_type not in ("kvm", "qemu"):
+        raise ConfigError(f"libvirt domain type must be 'kvm' or 'qemu', got {domain_type!r}")
+    bad = [d.file for d in app.disks if d.format not in LIBVIRT_FORMATS]
+    if bad:
+        raise ConfigError(
+            f"appliance {app.name!r}: libvirt cannot attach {', '.join(bad)}",
+            hint=f"libvirt reads {', '.join(LIBVIRT_FORMATS)} disks; convert to qcow2",
+        )
+    paths = {d.disk: os.fspath(p) for d, p in zip(app.disks, disk_paths, strict=True)}
+    for path in paths.values():
+        if not os.path.isabs(path):
+            raise ConfigError(f"libvirt disk path must be absolute, got {path!r}")
+    machine, x86 = _LIBVIRT_MACHINES[app.arch]
+
+    domain = etree.Element("domain", type=domain_type)
+    _sub(domain, "name", app.name)
+    if app.full_version:
+        _sub(domain, "description", f"{app.name} {app.full_version}")
+    _sub(domain, "memory", str(app.memory_mib * KiB), unit="KiB")
+    _sub(domain, "currentMemory", str(app.memory_mib * KiB), unit="KiB")
+    _sub(domain, "vcpu", str(app.vcpus))
+    os_el = _sub(domain, "os")
+    if app.firmware == "uefi":
+        os_el.set("firmware", "efi")
+    _sub(os_el, "type", "hvm", arch=app.arch, machine=machine)
+    if app.firmware == "uefi":
+        # ksbake's GRUB EFI binary is unsigned: keep autoselection off Secure Boot builds.
+        _sub(_sub(os_el, "firmware"), "feature", enabled="no", name="secure-boot")
+    features = _sub(domain, "features")
+    _sub(features, "acpi")
+    if x86:
+        _sub(features, "apic")
+    _sub(domain, "cpu", mode="host-passthrough" if domain_type == "kvm" else "maximum")
+    clock = _sub(domain, "clock", offset="utc")
+    if x86:
+        _sub(clock, "timer", name="rtc", tickpolicy="catchup")
+        _sub(clock, "timer", name="pit", tickpolicy="delay")
+        _sub(clock, "timer", name="hpet", present="no")
+    _sub(domain, "on_poweroff", "destroy")
+    _sub(domain, "on_reboot", "restart")
+    _sub(domain, "on_crash", "destroy")
+
+    devices = _sub(domain, "devices")
+    if emulator:
+        _sub(devices, "emulator", emulator)
+    for index, disk in enumerate(app.ordered_disks()):
+        element = _sub(devices, "disk", type="file", device="disk")
+        _sub(element, "driver", name="qemu", type=disk.format)
+        _sub(element, "source", file=paths[disk.disk])
+        _sub(element, "target", dev=device_name("vd", index), bus="virtio")
+        if index == 0:
+            _sub(element, "boot", order="1")
+    for _ in range(app.nics):
+        if network is None:
+            nic = _sub(devices, "interface", type="user")
+        else:
+            nic = _sub(devices, "interface", type="network")
+            _sub(nic, "source", network=network)
+        _sub(nic, "model", type="virtio")
+    kind = "file" if serial_log else "pty"
+    for tag in ("serial", "console"):
+        chardev = _sub(devices, tag, type=kind)
+        if serial_log:
+            _sub(chardev, "source", path=serial_log)
+        if tag == "serial":
+            _sub(chardev, "target", port="0")
+        else:
+            _sub(chardev, "target", type="serial", port="0")
+    if app.graphics if graphics is None else graphics:
+        _sub(devices, "graphics", type="vnc", port="-1", autoport="yes", listen="127.0.0.1")
+    rng = _sub(devices, "rng", model="virtio")
+    _sub(rng, "backend", "/dev/urandom", model="random")
+    return _serialize(domain, declaration=False)
+
+
+# --------------------------------------------------------------------------- OVF
+
+
+def _ovf(name: str) -> str:
+    return f"{{{OVF_NS}}}{name}"
+
+
+def _rasd_item(parent: etree._Element, values: Mapping[str, str]) -> etree._Element:
+    """An Item whose rasd: children come in alphabetical order, as the CIM schema requires."""
+    item = _sub(parent, _ovf("Item"))
+    for key in sorted(values):
+        _sub(item, f"{{{RASD_NS}}}{key}", values[key])
+    return item
+
+
+def ovf_xml(app: Appliance) -> bytes:
+    """An OVF 1.0 descriptor that VMware (ovftool, vSphere, Workstation) and VirtualBox import.
+
+    Shape follows the VMware exports in the corpus (vmware-virtualcenter-*.ovf,
+    vmware-ovftool-gzip.ovf), which VirtualBox's ovfreader also reads: hardware family
+    ``vmx-07`` (VMware rejects VirtualBox's ``virtualbox-2.2``), an lsilogic SCSI controller
+    (ResourceType 6) with the disks, E1000 NICs, memory in ``byte * 2^20`` (the DMTF unit;
+    VirtualBox also accepts it), disk capacity in bytes (VirtualBox's form, which VMware
+    reads too). Every disk must be a streamOptimized vmdk (the convert layer's
+    ``subformat``). An .ova holds this same descriptor (the OVF spec changes nothing inside
+    it), so there is no ova flag: packing is ``write_ova``'s job. No NIC, no NetworkSection.
+    """
+    bad = [d.file for d in app.disks if d.format not in OVF_FORMATS]
+    if bad:
+        raise ConfigError(
+            f"appliance {app.name!r}: OVF needs vmdk disks, not {', '.join(bad)}",
+            hint="set format = 'vmdk' (subformat streamOptimized) for VMware/VirtualBox",
+        )
+    os_id, vmw_os, os_text = _OVF_OS[app.arch]
+    nsmap = {None: OVF_NS, "ovf": OVF_NS, "rasd": RASD_NS, "vssd": VSSD_NS}
+    nsmap |= {"vmw": VMW_NS, "xsi": XSI_NS}
+    envelope = etree.Element(_ovf("Envelope"), nsmap=nsmap)
+    envelope.append(etree.Comment(" Generated by ksbake "))
+
+    ordered = app.ordered_disks()
+    references = _sub(envelope, _ovf("References"))
+    for n, disk in enumerate(ordered, 1):
+        attrs = {_ovf("href"): disk.file, _ovf("id"): f"file{n}", _ovf("size"): str(disk.file_size)}
+        _sub(references, _ovf("File"), attrs=attrs)
+    disk_section = _sub(envelope, _ovf("DiskSection"))
+    _sub(disk_section, _ovf("Info"), "Virtual disk information")
+    for n, disk in enumerate(ordered, 1):
+        attrs = {
+            _ovf("capacity"): str(disk.virtual_size),
+            _ovf("diskId"): f"vmdisk{n}",
+            _ovf("fileRef"): f"file{n}",
+            _ovf("format"): VMDK_STREAM_OPTIMIZED,
+        }
+        _sub(disk_section, _ovf("Disk"), attrs=attrs)
+    network_name = "VM Network"
+    if app.nics:
+        networks = _sub(envelope, _ovf("NetworkSection"))
+        _sub(networks, _ovf("Info"), "The list of logical networks")
+        network = _sub(networks, _ovf("Network"), attrs={_ovf("name"): network_name})
+        _sub(network, _ovf("Description"), f"The {network_name} network")
+
+    system = _sub(envelope, _ovf("VirtualSystem"), attrs={_ovf("id"): app.name})
+    _sub(system, _ovf("Info"), "A virtual machine")
+    _sub(system, _ovf("Name"), app.name)
+    os_attrs = {_ovf("id"): os_id} | ({f"{{{VMW_NS}}}osType": vmw_os} if vmw_os else {})
+    os_section = _sub(system, _ovf("OperatingSystemSection"), attrs=os_attrs)
+    _sub(os_section, _ovf("Info"), "The kind of installed guest operating system")
+    _sub(os_section, _ovf("Description"), os_text)
+
+    hardware = _sub(system, _ovf("VirtualHardwareSection"))
+    _sub(hardware, _ovf("Info"), "Virtual hardware requirements")
+    vssd = _sub(hardware, _ovf("System"))
+    for key, value in (
+        ("ElementName", "Virtual Hardware Family"),
+        ("InstanceID", "0"),
+        ("VirtualSystemIdentifier", app.name),
+        ("VirtualSystemType", "vmx-07"),
+    ):
+        _sub(vssd, f"{{{VSSD_NS}}}{key}", value)
+    instance = iter(range(1, 1 << 16))
+    _rasd_item(
+        hardware,
+        {
+            "AllocationUnits": "hertz * 10^6",
+            "Description": "Number of Virtual CPUs",
+            "ElementName": f"{app.vcpus} virtual CPU(s)",
+            "InstanceID": str(next(instance)),
+            "ResourceType": "3",
+            "VirtualQuantity": str(app.vcpus),
+        },
+    )
+    _rasd_item(
+        hardware,
+        {
+            "AllocationUnits": "byte * 2^20",
+            "Description": "Memory Size",
+            "ElementName": f"{app.memory_mib}MB of memory",
+            "InstanceID": str(next(instance)),
+            "ResourceType": "4",
+            "VirtualQuantity": str(app.memory_mib),
+        },
+    )
+    controller = str(next(instance))
+    _rasd_item(
+        hardware,
+        {
+            "Address": "0",
+            "Description": "SCSI Controller",
+            "ElementName": "SCSI controller 0",
+            "InstanceID": controller,
+            "ResourceSubType": "lsilogic",
+            "ResourceType": "6",
+        },
+    )
+    # SCSI IDs 0-15 except 7, the controller's own.
+    units = [u for u in range(16) if u != 7]
+    if len(ordered) > len(units):
+        raise ConfigError(f"appliance {app.name!r}: OVF: at most {len(units)} disks per SCSI bus")
+    for n, unit in enumerate(units[: len(ordered)], 1):
+        _rasd_item(
+            hardware,
+            {
+                "AddressOnParent": str(unit),
+                "ElementName": f"Hard disk {n}",
+                "HostResource": f"ovf:/disk/vmdisk{n}",
+                "InstanceID": str(next(instance)),
+                "Parent": controller,
+                "ResourceType": "17",
+            },
+        )
+    for n in range(1, app.nics + 1):
+        _rasd_item(
+            hardware,
+            {
+                "AutomaticAllocation": "true",
+                "Connection": network_name,
+                "Description": f'E1000 ethernet adapter on "{network_name}"',
+                "ElementName": f"Network adapter {n}",
+                "InstanceID": str(next(instance)),
+                "ResourceSubType": "E1000",
+                "ResourceType": "10",
+            },
+        )
+    if app.firmware == "uefi":
+        # VMware's extension (VirtualBox skips it: it only reads Item children here).
+        attrs = {
+            _ovf("required"): "false",
+            f"{{{VMW_NS}}}key": "firmware",
+            f"{{{VMW_NS}}}value": "efi",
+        }
+        _sub(hardware, f"{{{VMW_NS}}}Config", attrs=attrs)
+
+    product = _sub(system, _ovf("ProductSection"))
+    _sub(product, _ovf("Info"), "Information about the installed software")
+    _sub(product, _ovf("Product"), app.name)
+    if app.version:
+        _sub(product, _ovf("Version"), app.version)
+    if app.full_version:
+        _sub(product, _ovf("FullVersion"), app.full_version)
+    return _serialize(envelope, declaration=True)
+
+
+def ovf_manifest(files: Mapping[str, str]) -> str:
+    """The .mf text: ``SHA256(name)= hex`` per file, in the order given.
+
+    OVF 1.0 manifests used SHA1; SHA256 lines are OVF 2.0 and read by VirtualBox and by
+    ovftool 4 / vSphere 6 and later. List the descriptor first, then the disks.
+    """
+    lines = []
+    for name, digest in files.items():
+        if "/" in name or not name:
+            raise ConfigError(f"manifest entry {name!r} must be a plain file name")
+        if not _SHA256_RE.fullmatch(digest):
+            raise ConfigError(f"manifest entry {name!r}: sha256 must be 64 lowercase hex digits")
+        lines.append(f"SHA256({name})= {digest}\n")
+    return "".join(lines)
+
+
+def ovf_references(ovf: bytes) -> list[str]:
+    """The ``ovf:href`` of every References/File, in order (the order an .ova must follow)."""
+    root = etree.fromstring(ovf)
+    return [f.get(_ovf("href")) for f in root.iterfind(f"{_ovf('References')}/{_ovf('File')}")]
+
+
+def write_ova(
+    ovf_path: str | os.PathLike[str],
+    disk_paths: Sequence[str | os.PathLike[str]],
+    mf_path: str | os.PathLike[str] | None,
+    out_path: str | os.PathLike[str],
+    *,
+    mtime: int | None = None,
+) -> Path:
+    """Pack an .ova: a ustar archive of the descriptor, then the manifest, then the disks.
+
+    That order is the OVF specification's (descriptor first, manifest next, then files in
+    References order), so an importer can stream it. Members carry only their basename,
+    owner 0/0, mode 0644 and ``mtime`` (default SOURCE_DATE_EPOCH, else 0): the same inputs
+    give the same archive. A member of 8 GiB or more does not fit a ustar size field; the
+    archive then uses the GNU format (base-256 sizes), which VMware and VirtualBox read.
+    Written to a temporary name and renamed, so a failure leaves no partial .ova.
+    """
+    ovf_file = Path(ovf_path)
+    disks = [Path(p) for p in disk_paths]
+    hrefs = ovf_references(ovf_file.read_bytes())
+    by_name = {p.name: p for p in disks}
+    if sorted(by_name) != sorted(hrefs) or len(by_name) != len(disks):
+        raise ConfigError(
+            f"{ovf_file}: References list {', '.join(hrefs)}, "
+            f"but the disks given are {', '.join(p.name for p in disks)}"
+        )
+    members = [ovf_file, *([Path(mf_path)] if mf_path else []), *(by_name[h] for h in hrefs)]
+    if mtime is None:
+        mtime = int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0)
+    sizes = [m.stat().st_size for m in members]
+    fmt = tarfile.USTAR_FORMAT if max(sizes) <= _USTAR_MAX else tarfile.GNU_FORMAT
+    out = Path(out_path)
+    partial = out.with_name(out.name + ".partial")
+    try:
+        with tarfile.open(partial, "w", format=fmt) as tar:
+            for member, size in zip(members, sizes, strict=True):
+                info = tarfile.TarInfo(member.name)
+                info.size = size
+                info.mtime = mtime
+                info.mode = 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                with member.open("rb") as stream:
+                    tar.addfile(info, stream)
+        partial.replace(out)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return out
+
+
+# --------------------------------------------------------------------------- disks
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, streamed (disk images are large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def describe_disk(disk: str, path: str | os.PathLike[str], fmt: str) -> DiskImage:
+    """A ``DiskImage`` for a converted disk file: virtual size from qemu-img, size, sha256."""
+    proc = run(
+        ["qemu-img", "info", "--output=json", "-f", fmt, os.fspath(path)],
+        what=f"reading the size of {path}",
+    )
+    info = json.loads(proc.stdout)
+    return DiskImage(
+        disk=disk,
+        file=Path(path).name,
+        format=fmt,
+        virtual_size=int(info["virtual-size"]),
+        file_size=Path(path).stat().st_size,
+        sha256=sha256_file(path),
+    )
