@@ -932,8 +932,8 @@ CODE_VERSION = 1
 
 def grub_tool_version() -> str:
     """The host grub-mkimage's version: it writes the boot code (part of the key)."""
-    out = subprocess.run(["grub-mkimage", "--version"], capture_output=True, text=True, check=False)
-    return out.stdout.strip() or "grub-mkimage: not found"
+    argv = [which("grub-mkimage"), "--version"]
+    return subprocess.run(argv, capture_output=True, text=True, check=False).stdout.strip()
 
 
 def step(paths: Any, name: str) -> None:

@@ -1,0 +1,205 @@
+"""Acceptance for disks and boot: kickstart `part` layouts → bootable disks, booted in QEMU.
+
+Real builds from the bundled repository over the shared test store; boots use TCG here
+(`accel` setting). Each boot takes 10-15 s, so there are only the few the issue asks for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import PROJECT, Workspace, demo_kickstart
+
+pytestmark = pytest.mark.slow
+
+DEMO_PARTS = (
+    "part /boot --fstype=ext4 --size=64 --ondisk=sda\n"
+    "part / --fstype=ext4 --size=192 --grow --ondisk=sda\n"
+)
+
+
+def ok(result) -> None:  # noqa: ANN001
+    assert result.rc == 0, f"doit failed:\nSTDOUT:\n{result.out}\nSTDERR:\n{result.err}"
+
+
+def with_parts(parts: str, disklabel: str = "msdos") -> str:
+    text = demo_kickstart().replace(DEMO_PARTS, parts)
+    return text.replace("--disklabel=msdos", f"--disklabel={disklabel}")
+
+
+def mounts(ws: Workspace, name: str) -> dict[str, tuple[str, str]]:
+    """mountpoint -> (device, fstype) from the guest's KSBAKE-MOUNT lines."""
+    log = (ws.cache / "build" / name / "boot.log").read_text(errors="replace")
+    out = {}
+    for line in log.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[0] == "KSBAKE-MOUNT" and fields[1].startswith("/dev/"):
+            out[fields[2]] = (fields[1], fields[3])
+    return out
+
+
+@pytest.mark.boot
+def test_demo_bios_msdos_boots(workspace: Workspace) -> None:
+    workspace.write("demo.ks", demo_kickstart())
+    r = workspace.doit("appliance:demo", "boottest:demo")
+    ok(r)
+    assert "boottest:demo: 'login:' on the serial console after" in r.out
+    assert "bootloader: i386-pc: host grub-mkimage" in r.out  # which GRUB, in the summary
+    seen = mounts(workspace, "demo")
+    assert seen["/"] == ("/dev/vda2", "ext4") and seen["/boot"] == ("/dev/vda1", "ext4")
+    # a second run boots nothing and builds nothing
+    again = workspace.doit("appliance:demo", "boottest:demo")
+    ok(again)
+    assert "boottest:demo" in again.uptodate and "bootloader:demo" in again.uptodate
+
+
+@pytest.mark.boot
+def test_gpt_biosboot_boots(workspace: Workspace) -> None:
+    workspace.write("demo.ks", with_parts(
+        "part biosboot --fstype=biosboot --size=1\n" + DEMO_PARTS, disklabel="gpt"))
+    ok(workspace.doit("boottest:demo"))
+    assert set(mounts(workspace, "demo")) >= {"/", "/boot"}
+
+
+@pytest.mark.boot
+def test_uefi_boots_with_ovmf(workspace: Workspace) -> None:
+    workspace.write("demo.ks", with_parts(
+        "part /boot/efi --fstype=efi --size=64\n" + DEMO_PARTS, disklabel="gpt"))
+    workspace.write("demo.toml", 'firmware = "uefi"\n')
+    r = workspace.doit("boottest:demo")
+    ok(r)
+    assert "(uefi, accel=tcg" in r.out
+    assert mounts(workspace, "demo")["/boot/efi"][1] == "vfat"
+
+
+@pytest.mark.boot
+def test_two_disks_like_ovirt_wui_mount_data(workspace: Workspace) -> None:
+    workspace.write("wui.ks", with_parts(
+        "part /boot --fstype=ext4 --size=64 --ondisk=sda\n"
+        "part / --fstype=ext4 --size=192 --ondisk=sda\n"
+        "part swap --size=32 --ondisk=sda\n"
+        "part /data --fstype=ext4 --size=64 --grow --ondisk=sdb\n"))
+    workspace.write("wui.toml", '[disk_sizes]\nsdb = "128MiB"\n')
+    r = workspace.doit("boottest:wui")
+    ok(r)
+    seen = mounts(workspace, "wui")
+    assert seen["/data"] == ("/dev/vdb1", "ext4")
+    assert seen["/boot"][0].startswith("/dev/vda")
+    key = json.loads((workspace.cache / "build/wui/bootloader.ref").read_text())["key"]
+    result = json.loads((workspace.store / "objects/bootloader" / key / "result.json").read_text())
+    assert [d["name"] for d in result["disks"]] == ["sda", "sdb"]
+    assert (workspace.store / "objects/bootloader" / key / "sdb.raw").stat().st_size == 128 << 20
+
+
+def test_layout_and_bootloader_edits_rerun_only_their_layers(workspace: Workspace) -> None:
+    workspace.write("demo.ks", demo_kickstart())
+    ok(workspace.doit("appliance:demo"))
+    # a part size: disks and bootloader rerun; lock, packages, config do not
+    workspace.write("demo.ks", demo_kickstart().replace("--size=64", "--size=72"))
+    r = workspace.doit("appliance:demo")
+    ok(r)
+    assert {"disks:demo", "bootloader:demo"} <= set(r.ran), r.out
+    assert not {"lock:demo", "packages:demo", "config:demo"} & set(r.ran), r.out
+    assert r.layers_run() == {"kickstart", "disks", "bootloader"}
+    # bootloader --append: only the bootloader layer
+    edited = demo_kickstart().replace("--size=64", "--size=72")
+    workspace.write("demo.ks", edited.replace('--append="console=ttyS0"',
+                                              '--append="console=ttyS0 quiet"'))
+    r = workspace.doit("appliance:demo")
+    ok(r)
+    assert r.layers_run() == {"kickstart", "bootloader"}, r.out
+    key = json.loads((workspace.cache / "build/demo/bootloader.ref").read_text())["key"]
+    result = json.loads((workspace.store / "objects/bootloader" / key / "result.json").read_text())
+    assert result["cmdline"].endswith("console=ttyS0 quiet")
+
+
+# -- bad input: one clear error, nothing cached ---------------------------------------------
+
+def _fails(ws: Workspace, *needles: str, target: str = "appliance:demo"):  # noqa: ANN202
+    r = ws.doit(target)
+    assert r.rc != 0, r.out
+    errors = [ln for ln in r.err.splitlines() if ln.startswith("ksbake: error:")]
+    assert len(errors) == 1, r.err
+    for needle in needles:
+        assert needle in errors[0], r.err
+    assert "Traceback" not in r.err
+    return r
+
+
+def test_partitions_that_do_not_fit_a_fixed_disk(workspace: Workspace) -> None:
+    workspace.write("demo.ks", demo_kickstart())
+    workspace.write("demo.toml", '[disk_sizes]\nsda = "200MiB"\n')
+    _fails(workspace, "demo.ks:12", "need 257 MiB", "200 MiB")
+    assert not (workspace.cache / "build/demo/inputs/disks.json").exists()
+
+
+def test_tree_larger_than_its_partition(workspace: Workspace) -> None:
+    workspace.write("demo.ks", demo_kickstart().replace(
+        "part / --fstype=ext4 --size=192 --grow", "part / --fstype=ext4 --size=4"))
+    r = _fails(workspace, "/ (ext4", "does not fit", "MiB")
+    assert "disks:demo" in r.ran and not (workspace.cache / "build/demo/disks.ref").exists()
+
+
+def test_unknown_fstype_and_unsupported_construct(workspace: Workspace) -> None:
+    workspace.write("demo.ks", demo_kickstart().replace("--fstype=ext4 --size=64",
+                                                        "--fstype=ntfs --size=64"))
+    _fails(workspace, "demo.ks:12", "ntfs")
+    workspace.write("demo.ks", demo_kickstart().replace(DEMO_PARTS, "autopart --type=plain\n"))
+    _fails(workspace, "demo.ks:12", "autopart", "part ")
+
+
+def test_no_kernel_in_the_tree(workspace: Workspace) -> None:
+    workspace.write("demo.ks", demo_kickstart().replace("@core\nkernel\n", "@core\n"))
+    _fails(workspace, "no kernel", "kernel")
+    assert not (workspace.cache / "build/demo/bootloader.ref").exists()
+
+
+def test_missing_host_tool_names_the_packages(workspace: Workspace, tmp_path: Path) -> None:
+    # a PATH where everything but grub-mkimage is found
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for d in ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"):
+        for tool in Path(d).iterdir() if Path(d).is_dir() else []:
+            if tool.name != "grub-mkimage" and not (fake / tool.name).exists():
+                (fake / tool.name).symlink_to(tool)
+    workspace.write("demo.ks", demo_kickstart().replace("--append=\"console=ttyS0\"",
+                                                        "--append=\"console=ttyS0 notool\""))
+    workspace.env = {"PATH": str(fake)}
+    _fails(workspace, "grub-mkimage", "grub-common", "grub2-tools")
+
+
+def test_killed_disk_build_commits_nothing(workspace: Workspace) -> None:
+    parts = DEMO_PARTS.replace("--size=192", f"--size={200 + os.getpid() % 50}")
+    workspace.write("demo.ks", with_parts(parts))
+    ok(workspace.doit("config:demo"))
+    env = {**os.environ, "KSBAKE_CONFIGS": str(workspace.configs),
+           "KSBAKE_CACHE": str(workspace.cache), "KSBAKE_STORE": str(workspace.store)}
+    staging = workspace.store / "staging"
+    before = set(staging.glob("disks-*")) if staging.exists() else set()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "doit", "-f", str(PROJECT / "dodo.py"), "-d", str(PROJECT),
+         "disks:demo"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    deadline = time.monotonic() + 60
+    started = set()
+    while time.monotonic() < deadline and not started:
+        started = set(staging.glob("disks-*")) - before
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert started, "the disk build never started"
+    key = next(iter(started)).name.split("-", 1)[1].split(".")[0]
+    time.sleep(0.3)
+    assert not (workspace.store / "objects/disks" / key).exists()
+    assert str(workspace.store) not in Path("/proc/mounts").read_text()
+    r = workspace.doit("disks:demo")
+    ok(r)
+    assert (workspace.store / "objects/disks" / key / "meta.json").exists()
+    assert not list(staging.glob(f"disks-{key}.*"))
