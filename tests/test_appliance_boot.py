@@ -62,16 +62,20 @@ def test_demo_bios_msdos_boots(workspace: Workspace) -> None:
 
 @pytest.mark.boot
 def test_gpt_biosboot_boots(workspace: Workspace) -> None:
-    workspace.write("demo.ks", with_parts(
-        "part biosboot --fstype=biosboot --size=1\n" + DEMO_PARTS, disklabel="gpt"))
+    workspace.write(
+        "demo.ks",
+        with_parts("part biosboot --fstype=biosboot --size=1\n" + DEMO_PARTS, disklabel="gpt"),
+    )
     ok(workspace.doit("boottest:demo"))
     assert set(mounts(workspace, "demo")) >= {"/", "/boot"}
 
 
 @pytest.mark.boot
 def test_uefi_boots_with_ovmf(workspace: Workspace) -> None:
-    workspace.write("demo.ks", with_parts(
-        "part /boot/efi --fstype=efi --size=64\n" + DEMO_PARTS, disklabel="gpt"))
+    workspace.write(
+        "demo.ks",
+        with_parts("part /boot/efi --fstype=efi --size=64\n" + DEMO_PARTS, disklabel="gpt"),
+    )
     workspace.write("demo.toml", 'firmware = "uefi"\n')
     r = workspace.doit("boottest:demo")
     ok(r)
@@ -81,11 +85,15 @@ def test_uefi_boots_with_ovmf(workspace: Workspace) -> None:
 
 @pytest.mark.boot
 def test_two_disks_like_ovirt_wui_mount_data(workspace: Workspace) -> None:
-    workspace.write("wui.ks", with_parts(
-        "part /boot --fstype=ext4 --size=64 --ondisk=sda\n"
-        "part / --fstype=ext4 --size=192 --ondisk=sda\n"
-        "part swap --size=32 --ondisk=sda\n"
-        "part /data --fstype=ext4 --size=64 --grow --ondisk=sdb\n"))
+    workspace.write(
+        "wui.ks",
+        with_parts(
+            "part /boot --fstype=ext4 --size=64 --ondisk=sda\n"
+            "part / --fstype=ext4 --size=192 --ondisk=sda\n"
+            "part swap --size=32 --ondisk=sda\n"
+            "part /data --fstype=ext4 --size=64 --grow --ondisk=sdb\n"
+        ),
+    )
     workspace.write("wui.toml", '[disk_sizes]\nsdb = "128MiB"\n')
     r = workspace.doit("boottest:wui")
     ok(r)
@@ -110,8 +118,9 @@ def test_layout_and_bootloader_edits_rerun_only_their_layers(workspace: Workspac
     assert r.layers_run() == {"kickstart", "disks", "bootloader"}
     # bootloader --append: only the bootloader layer
     edited = demo_kickstart().replace("--size=64", "--size=72")
-    workspace.write("demo.ks", edited.replace('--append="console=ttyS0"',
-                                              '--append="console=ttyS0 quiet"'))
+    workspace.write(
+        "demo.ks", edited.replace('--append="console=ttyS0"', '--append="console=ttyS0 quiet"')
+    )
     r = workspace.doit("appliance:demo")
     ok(r)
     assert r.layers_run() == {"kickstart", "bootloader"}, r.out
@@ -121,6 +130,7 @@ def test_layout_and_bootloader_edits_rerun_only_their_layers(workspace: Workspac
 
 
 # -- bad input: one clear error, nothing cached ---------------------------------------------
+
 
 def _fails(ws: Workspace, *needles: str, target: str = "appliance:demo"):  # noqa: ANN202
     r = ws.doit(target)
@@ -141,15 +151,20 @@ def test_partitions_that_do_not_fit_a_fixed_disk(workspace: Workspace) -> None:
 
 
 def test_tree_larger_than_its_partition(workspace: Workspace) -> None:
-    workspace.write("demo.ks", demo_kickstart().replace(
-        "part / --fstype=ext4 --size=192 --grow", "part / --fstype=ext4 --size=4"))
+    workspace.write(
+        "demo.ks",
+        demo_kickstart().replace(
+            "part / --fstype=ext4 --size=192 --grow", "part / --fstype=ext4 --size=4"
+        ),
+    )
     r = _fails(workspace, "/ (ext4", "does not fit", "MiB")
     assert "disks:demo" in r.ran and not (workspace.cache / "build/demo/disks.ref").exists()
 
 
 def test_unknown_fstype_and_unsupported_construct(workspace: Workspace) -> None:
-    workspace.write("demo.ks", demo_kickstart().replace("--fstype=ext4 --size=64",
-                                                        "--fstype=ntfs --size=64"))
+    workspace.write(
+        "demo.ks", demo_kickstart().replace("--fstype=ext4 --size=64", "--fstype=ntfs --size=64")
+    )
     _fails(workspace, "demo.ks:12", "ntfs")
     workspace.write("demo.ks", demo_kickstart().replace(DEMO_PARTS, "autopart --type=plain\n"))
     _fails(workspace, "demo.ks:12", "autopart", "part ")
@@ -169,8 +184,10 @@ def test_missing_host_tool_names_the_packages(workspace: Workspace, tmp_path: Pa
         for tool in Path(d).iterdir() if Path(d).is_dir() else []:
             if tool.name != "grub-mkimage" and not (fake / tool.name).exists():
                 (fake / tool.name).symlink_to(tool)
-    workspace.write("demo.ks", demo_kickstart().replace("--append=\"console=ttyS0\"",
-                                                        "--append=\"console=ttyS0 notool\""))
+    workspace.write(
+        "demo.ks",
+        demo_kickstart().replace('--append="console=ttyS0"', '--append="console=ttyS0 notool"'),
+    )
     workspace.env = {"PATH": str(fake)}
     _fails(workspace, "grub-mkimage", "grub-common", "grub2-tools")
 
@@ -179,14 +196,30 @@ def test_killed_disk_build_commits_nothing(workspace: Workspace) -> None:
     parts = DEMO_PARTS.replace("--size=192", f"--size={200 + os.getpid() % 50}")
     workspace.write("demo.ks", with_parts(parts))
     ok(workspace.doit("config:demo"))
-    env = {**os.environ, "KSBAKE_CONFIGS": str(workspace.configs),
-           "KSBAKE_CACHE": str(workspace.cache), "KSBAKE_STORE": str(workspace.store)}
+    env = {
+        **os.environ,
+        "KSBAKE_CONFIGS": str(workspace.configs),
+        "KSBAKE_CACHE": str(workspace.cache),
+        "KSBAKE_STORE": str(workspace.store),
+    }
     staging = workspace.store / "staging"
     before = set(staging.glob("disks-*")) if staging.exists() else set()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "doit", "-f", str(PROJECT / "dodo.py"), "-d", str(PROJECT),
-         "disks:demo"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "doit",
+            "-f",
+            str(PROJECT / "dodo.py"),
+            "-d",
+            str(PROJECT),
+            "disks:demo",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 60
     started = set()
     while time.monotonic() < deadline and not started:

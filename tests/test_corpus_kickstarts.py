@@ -21,8 +21,10 @@ CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 KICKSTARTS = CORPUS / "kickstarts"
 
 if not (CORPUS / "PROVENANCE.tsv").is_file():
-    pytest.skip(f"shared corpus not found at {CORPUS} (the repository is checked out next to "
-                "shared/)", allow_module_level=True)
+    pytest.skip(
+        f"shared corpus not found at {CORPUS} (the repository is checked out next to shared/)",
+        allow_module_level=True,
+    )
 
 
 def _primaries() -> list[tuple[str, str]]:
@@ -44,11 +46,17 @@ PRIMARIES = _primaries()
 # not listed must parse in strict mode; in compat mode only MISSING_INCLUDES may fail.
 MISSING_INCLUDES = {
     "kickstarts/srbala__fedora-kickstarts/fedora-modular-arm-server.ks": (
-        "srbala__fedora-kickstarts/fedora-modular-arm-server.ks", 1, "%include",
-        "%include fedora-arm-base.ks"),
+        "srbala__fedora-kickstarts/fedora-modular-arm-server.ks",
+        1,
+        "%include",
+        "%include fedora-arm-base.ks",
+    ),
     "kickstarts/weldr__lorax/docs/fedora-minimal.ks": (
-        "weldr__lorax/docs/fedora-minimal.ks", 79, "%include /tmp/arch-packages.ks",
-        "does not exist (it is probably written by a %pre script"),
+        "weldr__lorax/docs/fedora-minimal.ks",
+        79,
+        "%include /tmp/arch-packages.ks",
+        "does not exist (it is probably written by a %pre script",
+    ),
 }
 
 AUTH = "'auth' was removed from kickstart syntax (F40 rejects it, F34 was the last to accept it)"
@@ -58,75 +66,181 @@ EXTLINUX = "'bootloader ... extlinux' is old syntax"
 
 STRICT_FAILURES: dict[tuple[str, str], tuple[str, int, str, str]] = {
     ("kickstarts/srbala__fedora-kickstarts/fedora-eln-guest.ks", "default"): (
-        "srbala__fedora-kickstarts/fedora-eln-guest.ks", 12, "auth", AUTH),
+        "srbala__fedora-kickstarts/fedora-eln-guest.ks",
+        12,
+        "auth",
+        AUTH,
+    ),
     ("kickstarts/srbala__fedora-kickstarts@4af7364/fedora-aos.ks", "default"): (
-        "srbala__fedora-kickstarts@4af7364/fedora-aos.ks", 7, "auth", AUTH),
+        "srbala__fedora-kickstarts@4af7364/fedora-aos.ks",
+        7,
+        "auth",
+        AUTH,
+    ),
     ("kickstarts/srbala__fedora-kickstarts@4af7364/fedora-aos.ks", "notes"): (
-        "srbala__fedora-kickstarts@4af7364/fedora-aos.ks", 33, "--nobase", NOBASE),
+        "srbala__fedora-kickstarts@4af7364/fedora-aos.ks",
+        33,
+        "--nobase",
+        NOBASE,
+    ),
     ("kickstarts/srbala__fedora-kickstarts@e25600d/fedora-aos.ks", "default"): (
-        "srbala__fedora-kickstarts@e25600d/fedora-aos.ks", 7, "auth", AUTH),
+        "srbala__fedora-kickstarts@e25600d/fedora-aos.ks",
+        7,
+        "auth",
+        AUTH,
+    ),
     ("kickstarts/srbala__fedora-kickstarts@e25600d/fedora-aos.ks", "notes"): (
-        "srbala__fedora-kickstarts@e25600d/fedora-aos.ks", 44, "--nobase", NOBASE),
+        "srbala__fedora-kickstarts@e25600d/fedora-aos.ks",
+        44,
+        "--nobase",
+        NOBASE,
+    ),
     ("kickstarts/srbala__fedora-kickstarts@513737f/Fedora-15-ec2.ks", "default"): (
-        "srbala__fedora-kickstarts@513737f/Fedora-15-ec2.ks", 5, "auth", AUTH),
+        "srbala__fedora-kickstarts@513737f/Fedora-15-ec2.ks",
+        5,
+        "auth",
+        AUTH,
+    ),
     ("kickstarts/srbala__fedora-kickstarts@41b3b4d/fedora-x86_64-cloud.ks", "default"): (
-        "srbala__fedora-kickstarts@41b3b4d/fedora-cloud-base.ks", 18, "auth", AUTH),
+        "srbala__fedora-kickstarts@41b3b4d/fedora-cloud-base.ks",
+        18,
+        "auth",
+        AUTH,
+    ),
     ("kickstarts/srbala__fedora-kickstarts@41b3b4d/fedora-x86_64-cloud.ks", "notes"): (
-        "srbala__fedora-kickstarts@41b3b4d/fedora-cloud-base.ks", 26, "extlinux", EXTLINUX),
+        "srbala__fedora-kickstarts@41b3b4d/fedora-cloud-base.ks",
+        26,
+        "extlinux",
+        EXTLINUX,
+    ),
     ("kickstarts/srbala__fedora-kickstarts@3336b78/fedora-cloud-atomic.ks", "default"): (
-        "srbala__fedora-kickstarts@3336b78/fedora-cloud-atomic.ks", 14, "auth", AUTH),
+        "srbala__fedora-kickstarts@3336b78/fedora-cloud-atomic.ks",
+        14,
+        "auth",
+        AUTH,
+    ),
     ("kickstarts/srbala__fedora-kickstarts@f7b98bb/fedora-arm-minimal-vfat.ks", "default"): (
-        "srbala__fedora-kickstarts@f7b98bb/fedora-arm-base.ks", 3, "auth", AUTH),
+        "srbala__fedora-kickstarts@f7b98bb/fedora-arm-base.ks",
+        3,
+        "auth",
+        AUTH,
+    ),
     ("kickstarts/srbala__fedora-kickstarts@f7b98bb/fedora-arm-minimal-vfat.ks", "notes"): (
-        "srbala__fedora-kickstarts@f7b98bb/fedora-arm-base.ks", 8, "extlinux", EXTLINUX),
+        "srbala__fedora-kickstarts@f7b98bb/fedora-arm-base.ks",
+        8,
+        "extlinux",
+        EXTLINUX,
+    ),
     ("kickstarts/livecd-tools__appliance-tools/config/fedora-aos.ks", "default"): (
-        "livecd-tools__appliance-tools/config/fedora-aos.ks", 19, "device virtio_blk",
-        "'device' was removed from kickstart syntax"),
+        "livecd-tools__appliance-tools/config/fedora-aos.ks",
+        19,
+        "device virtio_blk",
+        "'device' was removed from kickstart syntax",
+    ),
     ("kickstarts/livecd-tools__appliance-tools/config/fedora-aos.ks", "notes"): (
-        "livecd-tools__appliance-tools/config/fedora-aos.ks", 7, "authselect",
-        "'authselect' is not part of kickstart syntax F25; it first appears in F28"),
+        "livecd-tools__appliance-tools/config/fedora-aos.ks",
+        7,
+        "authselect",
+        "'authselect' is not part of kickstart syntax F25; it first appears in F28",
+    ),
     ("kickstarts/rocky-linux__kickstarts@r9/Rocky-9-GenericCloud-LVM.ks", "default"): (
-        "rocky-linux__kickstarts@r9/Rocky-9-GenericCloud-LVM.ks", 7, "auth", AUTH),
+        "rocky-linux__kickstarts@r9/Rocky-9-GenericCloud-LVM.ks",
+        7,
+        "auth",
+        AUTH,
+    ),
     ("kickstarts/rocky-linux__kickstarts@r9/cloud/rocky-genclo-lvm.ks", "default"): (
-        "rocky-linux__kickstarts@r9/cloud/rocky-cloud-base.ks", 6, "auth", AUTH),
+        "rocky-linux__kickstarts@r9/cloud/rocky-cloud-base.ks",
+        6,
+        "auth",
+        AUTH,
+    ),
     ("kickstarts/rocky-linux__kickstarts@r9/Rocky-9-Azure-Base.ks", "default"): (
-        "rocky-linux__kickstarts@r9/Rocky-9-Azure-Base.ks", 19, "auth", AUTH),
+        "rocky-linux__kickstarts@r9/Rocky-9-Azure-Base.ks",
+        19,
+        "auth",
+        AUTH,
+    ),
     ("kickstarts/CentOS__sig-cloud-instance-build/cloudimg/CentOS-7-x86_64-hvm.ks", "default"): (
-        "CentOS__sig-cloud-instance-build/cloudimg/CentOS-7-x86_64-hvm.ks", 2, "auth", AUTH),
-    ("kickstarts/CentOS__sig-cloud-instance-build/cloudimg/CentOS-8-x86_64-Azure.ks",
-     "default"): (
-        "CentOS__sig-cloud-instance-build/cloudimg/CentOS-8-x86_64-Azure.ks", 8, "auth", AUTH),
+        "CentOS__sig-cloud-instance-build/cloudimg/CentOS-7-x86_64-hvm.ks",
+        2,
+        "auth",
+        AUTH,
+    ),
+    ("kickstarts/CentOS__sig-cloud-instance-build/cloudimg/CentOS-8-x86_64-Azure.ks", "default"): (
+        "CentOS__sig-cloud-instance-build/cloudimg/CentOS-8-x86_64-Azure.ks",
+        8,
+        "auth",
+        AUTH,
+    ),
     ("kickstarts/CentOS__sig-cloud-instance-build/cloudimg/CentOS-6-x86_64-hvm.ks", "default"): (
-        "CentOS__sig-cloud-instance-build/cloudimg/CentOS-6-x86_64-hvm.ks", 5, "auth", AUTH),
+        "CentOS__sig-cloud-instance-build/cloudimg/CentOS-6-x86_64-hvm.ks",
+        5,
+        "auth",
+        AUTH,
+    ),
     ("kickstarts/CentOS__sig-cloud-instance-build/vagrant/centos7.ks", "default"): (
-        "CentOS__sig-cloud-instance-build/vagrant/centos7.ks", 2, "install", INSTALL),
-    ("kickstarts/CentOS__sig-cloud-instance-build/ovirt/CentOS-7-x86_64-oVirt-r1.ks",
-     "default"): (
-        "CentOS__sig-cloud-instance-build/ovirt/CentOS-7-x86_64-oVirt-r1.ks", 1, "auth", AUTH),
-    ("kickstarts/CentOS__sig-cloud-instance-build/openstack/openstack-65-x86_64.ks",
-     "default"): (
-        "CentOS__sig-cloud-instance-build/openstack/openstack-65-x86_64.ks", 1, "install",
-        INSTALL),
-    ("kickstarts/CentOS__sig-cloud-instance-build/openstack/openstack-65-x86_64.ks",
-     "notes"): (
-        "CentOS__sig-cloud-instance-build/openstack/openstack-65-x86_64.ks", 14, "zerombr yes",
-        "'zerombr yes' is old syntax: zerombr takes no argument now (write 'zerombr'"),
+        "CentOS__sig-cloud-instance-build/vagrant/centos7.ks",
+        2,
+        "install",
+        INSTALL,
+    ),
+    ("kickstarts/CentOS__sig-cloud-instance-build/ovirt/CentOS-7-x86_64-oVirt-r1.ks", "default"): (
+        "CentOS__sig-cloud-instance-build/ovirt/CentOS-7-x86_64-oVirt-r1.ks",
+        1,
+        "auth",
+        AUTH,
+    ),
+    ("kickstarts/CentOS__sig-cloud-instance-build/openstack/openstack-65-x86_64.ks", "default"): (
+        "CentOS__sig-cloud-instance-build/openstack/openstack-65-x86_64.ks",
+        1,
+        "install",
+        INSTALL,
+    ),
+    ("kickstarts/CentOS__sig-cloud-instance-build/openstack/openstack-65-x86_64.ks", "notes"): (
+        "CentOS__sig-cloud-instance-build/openstack/openstack-65-x86_64.ks",
+        14,
+        "zerombr yes",
+        "'zerombr yes' is old syntax: zerombr takes no argument now (write 'zerombr'",
+    ),
     ("kickstarts/CentOS__sig-cloud-instance-build/docker/centos-7-x86_64.ks", "default"): (
-        "CentOS__sig-cloud-instance-build/docker/centos-7-x86_64.ks", 14, "install", INSTALL),
-    ("kickstarts/oVirt__ovirt-appliance@f6b2f94/engine-appliance/data/"
-     "ovirt-engine-appliance.ks.in", "default"): (
-        "oVirt__ovirt-appliance@f6b2f94/engine-appliance/data/ovirt-engine-appliance.ks.in", 5,
-        "auth", AUTH),
+        "CentOS__sig-cloud-instance-build/docker/centos-7-x86_64.ks",
+        14,
+        "install",
+        INSTALL,
+    ),
+    (
+        "kickstarts/oVirt__ovirt-appliance@f6b2f94/engine-appliance/data/"
+        "ovirt-engine-appliance.ks.in",
+        "default",
+    ): (
+        "oVirt__ovirt-appliance@f6b2f94/engine-appliance/data/ovirt-engine-appliance.ks.in",
+        5,
+        "auth",
+        AUTH,
+    ),
     ("kickstarts/redpesk-infra__rp-kickstarts/Redpesk-minimal-x86_64-selinux.ks", "default"): (
-        "redpesk-infra__rp-kickstarts/features/password.ks", 5, "auth", AUTH),
+        "redpesk-infra__rp-kickstarts/features/password.ks",
+        5,
+        "auth",
+        AUTH,
+    ),
     ("kickstarts/redpesk-infra__rp-kickstarts/Redpesk-minimal-rpi-selinux.ks", "default"): (
-        "redpesk-infra__rp-kickstarts/features/password.ks", 5, "auth", AUTH),
+        "redpesk-infra__rp-kickstarts/features/password.ks",
+        5,
+        "auth",
+        AUTH,
+    ),
 }
 
 CASES = [
-    pytest.param(local, version, kind, compat,
-                 id=f"{local.removeprefix('kickstarts/')}@{version}-"
-                    f"{'compat' if compat else 'strict'}")
+    pytest.param(
+        local,
+        version,
+        kind,
+        compat,
+        id=f"{local.removeprefix('kickstarts/')}@{version}-{'compat' if compat else 'strict'}",
+    )
     for local, notes_version in PRIMARIES
     for kind, version in (("default", DEFAULT_SYNTAX), ("notes", notes_version))
     for compat in (False, True)
@@ -171,8 +285,7 @@ def test_corpus_kickstart_parses_or_fails_with_a_located_error(
         return
     assert expected is None, f"expected a failure at {expected[0]}:{expected[1]}"
     assert ks.files[0] == path.resolve()
-    assert set(ks.sections) == {"repos", "packages", "system", "post", "partitions",
-                                "bootloader"}
+    assert set(ks.sections) == {"repos", "packages", "system", "post", "partitions", "bootloader"}
     for warning in ks.warnings:  # every warning is "file:line: message" for a file we read
         where, _, message = warning.partition(": ")
         file, _, line = where.rpartition(":")
@@ -196,17 +309,26 @@ def _reparsed(text: str, version: str) -> dict[str, str]:
 def _without_keyboard_note(text: str) -> str:
     """pykickstart renders 'keyboard us --vckeymap=us' with the positional as a comment
     ("# old format: keyboard us"), which a re-parse cannot restore."""
-    return "".join(line for line in text.splitlines(True)
-                   if not line.startswith(("# old format: keyboard", "# new format:")))
+    return "".join(
+        line
+        for line in text.splitlines(True)
+        if not line.startswith(("# old format: keyboard", "# new format:"))
+    )
 
 
 def test_rawhide_based_srbala_kickstarts_parse_strictly_at_the_default_syntax() -> None:
-    for name in ("fedora-cloud-base.ks", "fedora-cloud-base-vagrant.ks",
-                 "fedora-cloud-base-gcp.ks", "fedora-disk-minimal.ks", "fedora-disk-server.ks",
-                 "fedora-disk-workstation.ks", "fedora-live-workstation.ks"):
+    for name in (
+        "fedora-cloud-base.ks",
+        "fedora-cloud-base-vagrant.ks",
+        "fedora-cloud-base-gcp.ks",
+        "fedora-disk-minimal.ks",
+        "fedora-disk-server.ks",
+        "fedora-disk-workstation.ks",
+        "fedora-live-workstation.ks",
+    ):
         ks = load(KICKSTARTS / "srbala__fedora-kickstarts" / name)
         assert any(f.name == "fedora-repo-rawhide.ks" for f in ks.files), name
-        assert "--name=\"rawhide\"" in ks.sections["repos"], name
+        assert '--name="rawhide"' in ks.sections["repos"], name
         assert not any(w.endswith("(compat)") for w in ks.warnings), name
 
 
@@ -234,8 +356,9 @@ def test_2008_fedora_aos_fails_strict_on_nobase_and_parses_in_compat() -> None:
 
 
 def test_appliance_tools_fedora_aos_compat_drops_device_and_nobase() -> None:
-    ks = load(KICKSTARTS / "livecd-tools__appliance-tools" / "config" / "fedora-aos.ks",
-              compat=True)
+    ks = load(
+        KICKSTARTS / "livecd-tools__appliance-tools" / "config" / "fedora-aos.ks", compat=True
+    )
     assert len(ks.warnings) == 2
     assert ":19: 'device' was removed" in ks.warnings[0]
     assert ":46: '%packages --nobase' was removed" in ks.warnings[1]
@@ -245,22 +368,31 @@ def test_appliance_tools_fedora_aos_compat_drops_device_and_nobase() -> None:
 def test_2013_cloud_kickstart_in_compat_mode() -> None:
     """auth dropped, positional extlinux becomes --extlinux, the %post left open at the
     end of the main file is closed; the included repo chain is kept."""
-    ks = load(KICKSTARTS / "srbala__fedora-kickstarts@41b3b4d" / "fedora-x86_64-cloud.ks",
-              compat=True)
-    assert [f.name for f in ks.files] == ["fedora-x86_64-cloud.ks", "fedora-cloud-base.ks",
-                                          "fedora-repo.ks", "fedora-repo-rawhide.ks"]
+    ks = load(
+        KICKSTARTS / "srbala__fedora-kickstarts@41b3b4d" / "fedora-x86_64-cloud.ks", compat=True
+    )
+    assert [f.name for f in ks.files] == [
+        "fedora-x86_64-cloud.ks",
+        "fedora-cloud-base.ks",
+        "fedora-repo.ks",
+        "fedora-repo-rawhide.ks",
+    ]
     assert "--extlinux" in ks.sections["bootloader"]
     assert ks.sections["post"].count("%post") == 2
     assert "DEFAULTKERNEL=kernel" in ks.sections["post"]
-    assert any("fedora-x86_64-cloud.ks:7: section %post opened here has no %end" in w
-               for w in ks.warnings)
+    assert any(
+        "fedora-x86_64-cloud.ks:7: section %post opened here has no %end" in w for w in ks.warnings
+    )
 
 
 def test_arm_vfat_partitions_are_located_in_their_include() -> None:
-    ks = load(KICKSTARTS / "srbala__fedora-kickstarts@f7b98bb" / "fedora-arm-minimal-vfat.ks",
-              compat=True)
-    where = [(ks.line_of(p).path.name, ks.line_of(p).line, p.mountpoint)
-             for p in ks.handler.partition.partitions]
+    ks = load(
+        KICKSTARTS / "srbala__fedora-kickstarts@f7b98bb" / "fedora-arm-minimal-vfat.ks", compat=True
+    )
+    where = [
+        (ks.line_of(p).path.name, ks.line_of(p).line, p.mountpoint)
+        for p in ks.handler.partition.partitions
+    ]
     assert where == [
         ("fedora-arm-vfat-partitioning.ks", 1, "/boot/uboot"),
         ("fedora-arm-vfat-partitioning.ks", 2, "swap"),
@@ -268,5 +400,8 @@ def test_arm_vfat_partitions_are_located_in_their_include() -> None:
         ("fedora-arm-minimal-vfat.ks", 4, "swap"),
         ("fedora-arm-minimal-vfat.ks", 5, "/"),
     ]
-    assert any("fedora-arm-minimal-vfat.ks:5: A partition with the mountpoint / has already "
-               "been defined." in w for w in ks.warnings)
+    assert any(
+        "fedora-arm-minimal-vfat.ks:5: A partition with the mountpoint / has already "
+        "been defined." in w
+        for w in ks.warnings
+    )

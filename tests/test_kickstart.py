@@ -55,11 +55,18 @@ def test_reformatting_does_not_change_any_section() -> None:
 
 def test_section_contents_come_from_pykickstart_str() -> None:
     s = load(DATA / "base.ks").sections
-    assert "repo --name=\"updates\"" in s["repos"] and "url --url=" in s["repos"]
+    assert 'repo --name="updates"' in s["repos"] and "url --url=" in s["repos"]
     assert s["packages"].lstrip().startswith("%packages --excludedocs --nocore")
     assert "openssh-server" in s["packages"] and "-plymouth" in s["packages"]
-    for word in ("lang en_US.UTF-8", "rootpw --iscrypted", "user --groups=wheel", "selinux",
-                 "firewall --enabled --service=ssh", "--hostname=demo.example", "services"):
+    for word in (
+        "lang en_US.UTF-8",
+        "rootpw --iscrypted",
+        "user --groups=wheel",
+        "selinux",
+        "firewall --enabled --service=ssh",
+        "--hostname=demo.example",
+        "services",
+    ):
         assert word in s["system"], word
     assert s["post"].count("%post") == 2
     assert "--nochroot" in s["post"] and "--logfile=/root/post.log" in s["post"]
@@ -71,20 +78,26 @@ def test_section_contents_come_from_pykickstart_str() -> None:
 
 BASE_EDITS = [
     pytest.param('echo "configured"', 'echo "edited"', {"post"}, id="post-body"),
-    pytest.param("%post --nochroot", "%post --nochroot --erroronfail", {"post"},
-                 id="post-option"),
+    pytest.param("%post --nochroot", "%post --nochroot --erroronfail", {"post"}, id="post-option"),
     pytest.param("bash\n", "bash\nvim-minimal\n", {"packages"}, id="packages-add"),
-    pytest.param("%packages --excludedocs --nocore", "%packages --nocore", {"packages"},
-                 id="packages-option"),
+    pytest.param(
+        "%packages --excludedocs --nocore", "%packages --nocore", {"packages"}, id="packages-option"
+    ),
     pytest.param("part / --size=2048", "part / --size=4096", {"partitions"}, id="part-size"),
-    pytest.param("clearpart --all --initlabel --disklabel=msdos",
-                 "clearpart --all --initlabel --disklabel=gpt", {"partitions"}, id="clearpart"),
+    pytest.param(
+        "clearpart --all --initlabel --disklabel=msdos",
+        "clearpart --all --initlabel --disklabel=gpt",
+        {"partitions"},
+        id="clearpart",
+    ),
     pytest.param("--timeout=1", "--timeout=5", {"bootloader"}, id="bootloader"),
-    pytest.param("timezone Etc/UTC --utc", "timezone Europe/Paris --utc", {"system"},
-                 id="timezone"),
+    pytest.param(
+        "timezone Etc/UTC --utc", "timezone Europe/Paris --utc", {"system"}, id="timezone"
+    ),
     pytest.param("--cost=50", "--cost=10", {"repos"}, id="repo"),
-    pytest.param("lang en_US.UTF-8\n", "lang en_US.UTF-8\n# a comment\n\n\n", set(),
-                 id="comment-only"),
+    pytest.param(
+        "lang en_US.UTF-8\n", "lang en_US.UTF-8\n# a comment\n\n\n", set(), id="comment-only"
+    ),
 ]
 
 
@@ -235,10 +248,13 @@ def test_warnings_name_the_included_file_and_line(tmp_path: Path) -> None:
     write(tmp_path, "pkgs.ks", "# packages\n%packages --instLangs=en\nbash\n%end\n")
     write(tmp_path, "parts.ks", "part / --size=100\npart / --size=200\n")
     ks = load(write(tmp_path, "main.ks", "lang C\n%include parts.ks\n%include pkgs.ks\n"))
-    assert any(w.startswith(f"{tmp_path / 'pkgs.ks'}:2: ") and "--instLangs" in w
-               for w in ks.warnings), ks.warnings
-    assert any(w.startswith(f"{tmp_path / 'parts.ks'}:2: ") and "already been defined" in w
-               for w in ks.warnings), ks.warnings
+    assert any(
+        w.startswith(f"{tmp_path / 'pkgs.ks'}:2: ") and "--instLangs" in w for w in ks.warnings
+    ), ks.warnings
+    assert any(
+        w.startswith(f"{tmp_path / 'parts.ks'}:2: ") and "already been defined" in w
+        for w in ks.warnings
+    ), ks.warnings
 
 
 # --- the unterminated-section trap -------------------------------------------------------
@@ -259,8 +275,9 @@ def test_unterminated_section_in_included_file_is_an_error_in_strict_mode() -> N
     err = info.value
     assert err.path == str((DATA / "trap" / "post-unterminated.ks").resolve())
     assert err.line == 3
-    assert ("section %post opened here is not closed with %end before the end of this "
-            "included file") in str(err)
+    assert (
+        "section %post opened here is not closed with %end before the end of this included file"
+    ) in str(err)
     assert "add %end" in str(err)
 
 
@@ -272,7 +289,7 @@ def test_unterminated_section_in_included_file_is_closed_in_compat_mode() -> Non
     assert 'echo "this %post has no %end"' in ks.sections["post"]
     assert "part /" not in ks.sections["post"]
     assert "kernel" in ks.sections["packages"]
-    assert "part / --fstype=\"ext4\" --size=2048" in ks.sections["partitions"]
+    assert 'part / --fstype="ext4" --size=2048' in ks.sections["partitions"]
     assert "--timeout=1" in ks.sections["bootloader"]
 
 
@@ -286,18 +303,34 @@ def test_include_inside_a_section_is_not_the_trap(tmp_path: Path) -> None:
 
 LEGACY = [
     # (id, kickstart text, line of the construct, expected words in the strict error)
-    ("packages-nobase", "lang C\n%packages --excludedocs --nobase\nbash\n%end\n", 2,
-     "'%packages --nobase' was removed from kickstart syntax (delete the option, or build "
-     "with compat = true)"),
-    ("packages-resolvedeps", "%packages --resolvedeps\nbash\n%end\n", 1,
-     "'%packages --resolvedeps' was removed"),
-    ("bootloader-extlinux", "lang C\nbootloader --timeout=1 extlinux\n", 2,
-     "'bootloader ... extlinux' is old syntax"),
+    (
+        "packages-nobase",
+        "lang C\n%packages --excludedocs --nobase\nbash\n%end\n",
+        2,
+        "'%packages --nobase' was removed from kickstart syntax (delete the option, or build "
+        "with compat = true)",
+    ),
+    (
+        "packages-resolvedeps",
+        "%packages --resolvedeps\nbash\n%end\n",
+        1,
+        "'%packages --resolvedeps' was removed",
+    ),
+    (
+        "bootloader-extlinux",
+        "lang C\nbootloader --timeout=1 extlinux\n",
+        2,
+        "'bootloader ... extlinux' is old syntax",
+    ),
     ("bootloader-lba32", "bootloader --lba32 --timeout=1\n", 1, "'bootloader --lba32'"),
     ("zerombr-yes", "lang C\n\nzerombr yes\n", 3, "'zerombr yes' is old syntax"),
     ("auth", "auth --useshadow --enablemd5\n", 1, "'auth' was removed from kickstart syntax"),
-    ("authconfig", "lang C\nauthconfig --enableshadow --passalgo=sha512\n", 2,
-     "'authconfig' was removed"),
+    (
+        "authconfig",
+        "lang C\nauthconfig --enableshadow --passalgo=sha512\n",
+        2,
+        "'authconfig' was removed",
+    ),
     ("install", "install\nlang C\n", 1, "'install' was removed"),
     ("upgrade", "upgrade\n", 1, "'upgrade' was removed"),
     ("device", "device virtio_blk\n", 1, "'device' was removed"),
@@ -310,17 +343,30 @@ LEGACY = [
     ("lilo", "lilo\n", 1, "'lilo' was removed"),
     ("method", "method\n", 1, "'method' was removed"),
     ("xconfig-depth", "xconfig --startxonboot --depth=16\n", 1, "'xconfig --depth' was removed"),
-    ("part-bytes-per-inode", "part / --size 650 --bytes-per-inode=4096\n", 1,
-     "'part --bytes-per-inode' was removed"),
-    ("section-without-end", "%post\necho hi\n%packages\nbash\n%end\n", 1,
-     "section %post opened here has no %end (the next section starts at line 3)"),
-    ("section-without-end-at-eof", "lang C\n%post\necho hi\n", 2,
-     "section %post opened here has no %end before the end of the kickstart"),
+    (
+        "part-bytes-per-inode",
+        "part / --size 650 --bytes-per-inode=4096\n",
+        1,
+        "'part --bytes-per-inode' was removed",
+    ),
+    (
+        "section-without-end",
+        "%post\necho hi\n%packages\nbash\n%end\n",
+        1,
+        "section %post opened here has no %end (the next section starts at line 3)",
+    ),
+    (
+        "section-without-end-at-eof",
+        "lang C\n%post\necho hi\n",
+        2,
+        "section %post opened here has no %end before the end of the kickstart",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("text", "line", "words"),
-                         [pytest.param(t, n, w, id=i) for i, t, n, w in LEGACY])
+@pytest.mark.parametrize(
+    ("text", "line", "words"), [pytest.param(t, n, w, id=i) for i, t, n, w in LEGACY]
+)
 def test_legacy_construct_fails_in_strict_mode(
     tmp_path: Path, text: str, line: int, words: str
 ) -> None:
@@ -332,16 +378,19 @@ def test_legacy_construct_fails_in_strict_mode(
     assert "compat = true" in str(info.value)
 
 
-@pytest.mark.parametrize(("text", "line", "words"),
-                         [pytest.param(t, n, w, id=i) for i, t, n, w in LEGACY])
+@pytest.mark.parametrize(
+    ("text", "line", "words"), [pytest.param(t, n, w, id=i) for i, t, n, w in LEGACY]
+)
 def test_legacy_construct_parses_in_compat_mode(
     tmp_path: Path, text: str, line: int, words: str
 ) -> None:
     path = write(tmp_path, "legacy.ks", text)
     ks = load(path, compat=True)
     construct = words.split(" (")[0].split(" was removed")[0].split(" is old syntax")[0]
-    assert any(w.startswith(f"{path}:{line}: ") and construct in w and w.endswith("(compat)")
-               for w in ks.warnings), ks.warnings
+    assert any(
+        w.startswith(f"{path}:{line}: ") and construct in w and w.endswith("(compat)")
+        for w in ks.warnings
+    ), ks.warnings
 
 
 def test_compat_rewrites_keep_the_meaning() -> None:
