@@ -9,10 +9,13 @@ from tasks.common import PATHS, XxhashChecker
 from tasks.layers import (  # noqa: F401
     task_bootloader,
     task_config,
+    task_convert,
+    task_descriptor,
     task_disks,
     task_kickstart,
     task_lock,
     task_packages,
+    task_publish,
 )
 from tasks.repo import task_repo  # noqa: F401
 

@@ -71,14 +71,21 @@ def tool_version() -> str:
 
 
 def convert(
-    disks: list[dict[str, str]], appliance: str, fmt: str, options: dict[str, str], out_dir: Path
+    disks: list[dict[str, str]], fmt: str, options: dict[str, str], out_dir: Path
 ) -> list[dict[str, Any]]:
-    """Write every disk in ``fmt`` into ``out_dir``; returns one record per disk."""
+    """Write every disk in ``fmt`` into ``out_dir`` as ``<disk>.<ext>``; one record per disk.
+
+    Records carry what descriptors need (sizes, sha256 of the file actually written), so big
+    files are hashed once, when built, never to decide whether something is up to date.
+    """
+    from ksbake.descriptors import describe_disk, sha256_file
+
     records = []
     for disk in disks:
         src = Path(disk["file"])
-        dst = out_dir / file_name(appliance, disk["name"], fmt, options)
+        dst = out_dir / file_name(None, disk["name"], fmt, options)
         if fmt == "raw" and options.get("compression") == "xz":
+            print(f"Compressing {disk['name']} with xz", flush=True)
             with open(dst, "wb") as out:
                 proc = subprocess.run(
                     [which("xz"), "--threads=0", f"--block-size={XZ_BLOCK}", "-6", "-c", src],
@@ -88,31 +95,83 @@ def convert(
                 )
             if proc.returncode != 0:
                 raise BuildError(f"xz {src.name}: {proc.stderr.decode().strip()}")
-        elif fmt == "raw":
-            os.link(src, dst)  # the bootloader object's sparse file: no copy at all
+            record = {"virtual_size": src.stat().st_size, "sha256": sha256_file(dst)}
         else:
-            print(
-                f"Converting {disk['name']} to {fmt}"
-                + (f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else ""),
-                flush=True,
-            )
-            run(
-                qemu_img_argv(src, dst, fmt, options),
-                capture=not sys.stdout.isatty(),
-                what=f"converting {src.name} to {fmt}",
-            )
-        info = (
-            json.loads(run(["qemu-img", "info", "--output=json", dst]).stdout)
-            if not (fmt == "raw" and options.get("compression") == "xz")
-            else {"virtual-size": src.stat().st_size}
-        )
+            if fmt == "raw":
+                os.link(src, dst)  # the bootloader object's sparse file: no copy at all
+            else:
+                detail = ", ".join(f"{k}={v}" for k, v in options.items())
+                print(
+                    f"Converting {disk['name']} to {fmt}" + (f" ({detail})" if detail else ""),
+                    flush=True,
+                )
+                run(
+                    qemu_img_argv(src, dst, fmt, options),
+                    capture=not sys.stdout.isatty(),
+                    what=f"converting {src.name} to {fmt}",
+                )
+            info = describe_disk(disk["name"], dst, fmt)
+            record = {"virtual_size": info.virtual_size, "sha256": info.sha256}
         records.append(
             {
                 "disk": disk["name"],
-                "file": dst.name,
+                "object_file": dst.name,
                 "format": fmt,
-                "virtual_size": int(info["virtual-size"]),
                 "file_size": dst.stat().st_size,
+                **record,
             }
         )
     return records
+
+
+# -- the layer step, run in the build process ----------------------------------------------
+
+
+def step(paths: Any, name: str) -> None:
+    """Obtain one converted object per output format (each reused while its inputs hold)."""
+    import time
+
+    from ksbake import bootloader, report
+    from ksbake.hashing import canonical_json, layer_key, write_if_changed
+    from ksbake.store import Store
+
+    build = paths.build_dir(name)
+    inputs = json.loads((build / "inputs" / "convert.json").read_text())
+    bl_key = json.loads((build / "bootloader.ref").read_text())["key"]
+    directory, result = bootloader.result_of(paths, bl_key)
+    disks = [{"name": d["name"], "file": str(directory / d["file"])} for d in result["disks"]]
+    tool = tool_version()
+    refs = {}
+    for fmt, options in inputs["formats"].items():
+        started = time.monotonic()
+        key = layer_key(
+            "convert",
+            CODE_VERSION,
+            {"format": fmt, "options": options, "tools": tool},
+            {"bootloader": bl_key},
+        )
+
+        def build_format(staging: Path, fmt: str = fmt, options: dict = options) -> dict:
+            records = convert(disks, fmt, options, staging)
+            (staging / "result.json").write_text(json.dumps(records, indent=1, sort_keys=True))
+            return {"size": report.tree_size(staging), "parents": {"bootloader": bl_key}}
+
+        obtained = Store(paths.store).obtain("convert", key, build_format)
+        refs[fmt] = {"key": key, "options": options}
+        report.record(
+            paths,
+            name,
+            f"convert-{fmt}",
+            key,
+            obtained.built,
+            time.monotonic() - started,
+            obtained.meta.get("size"),
+        )
+    write_if_changed(build / "convert.ref", canonical_json(refs) + "\n")
+
+
+def records_of(paths: Any, key: str) -> tuple[Path, list[dict[str, Any]]]:
+    from ksbake.store import Store
+
+    directory = Store(paths.store).object_dir("convert", key)
+    return directory, json.loads((directory / "result.json").read_text())

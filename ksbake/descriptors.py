@@ -24,9 +24,11 @@ import json
 import os
 import re
 import tarfile
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lxml import etree
 
@@ -640,3 +642,108 @@ def describe_disk(disk: str, path: str | os.PathLike[str], fmt: str) -> DiskImag
         file_size=Path(path).stat().st_size,
         sha256=sha256_file(path),
     )
+
+
+# -- the layer step, run in the build process ----------------------------------------------
+
+CODE_VERSION = 1
+
+
+def appliance_for(
+    paths: Any,
+    name: str,
+    inputs: dict[str, Any],
+    refs: dict[str, Any],
+    fmt: str,
+    boot_disk: str | None,
+) -> Appliance:
+    """The ``Appliance`` describing the published ``fmt`` disks of ``name``."""
+    from ksbake import convert
+
+    _, records = convert.records_of(paths, refs[fmt]["key"])
+    disks = tuple(
+        DiskImage(
+            disk=r["disk"],
+            file=convert.file_name(name, r["disk"], fmt, refs[fmt]["options"]),
+            format=fmt,
+            virtual_size=r["virtual_size"],
+            file_size=r["file_size"],
+            sha256=r["sha256"],
+        )
+        for r in records
+    )
+    return Appliance(
+        name=inputs["name"],
+        disks=disks,
+        version=inputs["version"],
+        release=inputs["release"],
+        arch=inputs["arch"],
+        vcpus=inputs["vcpus"],
+        memory_mib=inputs["memory"],
+        firmware="uefi" if inputs["firmware"] == "uefi" else "bios",
+        nics=inputs["nics"],
+        boot_disk=boot_disk,
+    )
+
+
+def step(paths: Any, name: str) -> None:
+    """Obtain the descriptors: NAME.xml (virt-image), NAME.libvirt.xml, and for vmdk disks
+    NAME.ovf + NAME.mf (+ NAME.ova when asked)."""
+    import time
+
+    from ksbake import bootloader, convert, report
+    from ksbake.hashing import canonical_json, layer_key, write_if_changed
+    from ksbake.store import Store
+
+    started = time.monotonic()
+    build = paths.build_dir(name)
+    inputs = json.loads((build / "inputs" / "descriptor.json").read_text())
+    refs = json.loads((build / "convert.ref").read_text())
+    bl_key = json.loads((build / "bootloader.ref").read_text())["key"]
+    boot_disk = bootloader.result_of(paths, bl_key)[1].get("boot_disk")
+    out_dir = paths.out / name
+    key = layer_key(
+        "descriptor",
+        CODE_VERSION,
+        {"inputs": inputs, "out_dir": str(out_dir), "boot_disk": boot_disk},
+        {f"convert-{fmt}": ref["key"] for fmt, ref in refs.items()},
+    )
+
+    def build_descriptors(staging: Path) -> dict[str, Any]:
+        primary = inputs["primary"]
+        app = appliance_for(paths, name, inputs, refs, primary, boot_disk)
+        (staging / f"{name}.xml").write_bytes(virt_image_xml(app))
+        domain = libvirt_domain_xml(
+            app,
+            [out_dir / d.file for d in app.disks],
+            domain_type="kvm" if inputs["accel"] == "kvm" else "qemu",
+        )
+        (staging / f"{name}.libvirt.xml").write_bytes(domain)
+        vmdk = refs.get("vmdk")
+        if vmdk and vmdk["options"].get("subformat") == "streamOptimized":
+            ovf_app = appliance_for(paths, name, inputs, refs, "vmdk", boot_disk)
+            ovf = staging / f"{name}.ovf"
+            ovf.write_bytes(ovf_xml(ovf_app))
+            sums = {ovf.name: sha256_file(ovf)} | {d.file: d.sha256 for d in ovf_app.disks}
+            mf = staging / f"{name}.mf"
+            mf.write_text(ovf_manifest(sums))
+            if inputs["ova"]:
+                directory, records = convert.records_of(paths, vmdk["key"])
+                with tempfile.TemporaryDirectory(dir=staging) as tmp:
+                    for d, r in zip(ovf_app.disks, records, strict=True):
+                        os.link(directory / r["object_file"], Path(tmp) / d.file)
+                    order = ovf_references(ovf.read_bytes())  # disks go in References order
+                    links = [Path(tmp) / f for f in order if f != mf.name]
+                    write_ova(ovf, links, mf, staging / f"{name}.ova")
+        elif inputs["ova"]:
+            raise ConfigError(
+                f"ova = true needs streamOptimized vmdk disks (formats of {name})",
+                hint='add "vmdk" to formats and keep vmdk_subformat = "streamOptimized"',
+            )
+        files = {p.name: sha256_file(p) for p in staging.iterdir() if p.is_file()}
+        (staging / "result.json").write_text(json.dumps(files, indent=1, sort_keys=True))
+        return {"files": sorted(files)}
+
+    obtained = Store(paths.store).obtain("descriptor", key, build_descriptors)
+    write_if_changed(build / "descriptor.ref", canonical_json({"key": key}) + "\n")
+    report.record(paths, name, "descriptor", key, obtained.built, time.monotonic() - started)

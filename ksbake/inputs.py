@@ -16,14 +16,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ksbake import kickstart, partitions, report, settings
+from ksbake import convert, kickstart, partitions, report, settings
 from ksbake.bootloader import bootloader_settings
 from ksbake.hashing import canonical_json, layer_key, write_if_changed
 from ksbake.layout import Plan
 from ksbake.paths import Paths
 
 CODE_VERSION = 1
-LAYERS = ("lock", "config", "disks", "bootloader")
+LAYERS = ("lock", "config", "disks", "bootloader", "convert", "descriptor")
 
 
 def layer_inputs(
@@ -48,6 +48,23 @@ def layer_inputs(
         "bootloader": {
             "bootloader": bootloader_settings(ks.handler),
             "firmware": conf.firmware,
+        },
+        "convert": {
+            "formats": {fmt: convert.format_options(fmt, conf) for fmt in conf.formats},
+        },
+        "descriptor": {
+            "name": conf.name,
+            "version": conf.version,
+            "release": conf.release,
+            "arch": conf.basearch,
+            "vcpus": conf.vcpus,
+            "memory": conf.memory,
+            "firmware": conf.firmware,
+            "accel": conf.accel,
+            # one NIC per kickstart network line, as appliance-creator counted them
+            "nics": len(ks.handler.network.network),
+            "ova": conf.ova,
+            "primary": conf.formats[0],
         },
     }
 

@@ -70,18 +70,18 @@ def human(size: int | None) -> str:
 def summary(paths: Paths, name: str, layers: list[str]) -> str:
     """A table of the layers of one appliance: built, reused (store hit) or cached (doit
     found the task up to date), time, size, key."""
-    rows = [f"{'layer':<12} {'result':<7} {'time':>8} {'size':>10}  key"]
+    rows = [f"{'layer':<14} {'result':<7} {'time':>8} {'size':>10}  key"]
     notes = []
     for layer in layers:
         path = paths.build_dir(name) / "summary" / f"{layer}.json"
         if not path.exists():
-            rows.append(f"{layer:<12} {'-':<7}")
+            rows.append(f"{layer:<14} {'-':<7}")
             continue
         ev = json.loads(path.read_text())
         # "cached": doit found the task up to date and did not run it at all
         result = "cached" if ev.get("pid") != os.getpid() else "built" if ev["built"] else "reused"
         rows.append(
-            f"{layer:<12} {result:<7} {ev['seconds']:>7.2f}s "
+            f"{layer:<14} {result:<7} {ev['seconds']:>7.2f}s "
             f"{human(ev.get('size')):>10}  {ev['key'][:16]}"
         )
         if ev.get("note"):

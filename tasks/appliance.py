@@ -10,14 +10,25 @@ from tasks.common import PATHS
 LAYERS = ["kickstart", "lock", "packages", "config", "disks", "bootloader"]
 
 
+def _layers(name: str) -> list[str]:
+    """The layers of the summary, with one convert row per output format."""
+    import json
+
+    try:
+        formats = json.loads((PATHS.build_dir(name) / "convert.ref").read_text())
+    except (OSError, ValueError):
+        formats = {}
+    return [*LAYERS, *(f"convert-{fmt}" for fmt in formats), "descriptor", "publish"]
+
+
 def task_appliance() -> Iterator[dict]:
     """Build appliances: `doit appliance` builds all of them, `doit appliance:NAME` one."""
     for name in PATHS.appliances():
         yield {
             "name": name,
             "doc": f"build the {name} appliance",
-            "actions": [(lambda n=name: print(report.summary(PATHS, n, LAYERS)) or None)],
-            "task_dep": [f"bootloader:{name}"],
+            "actions": [(lambda n=name: print(report.summary(PATHS, n, _layers(n))) or None)],
+            "task_dep": [f"publish:{name}"],
             "uptodate": [False],
             "verbosity": 2,
         }

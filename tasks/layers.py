@@ -11,8 +11,10 @@ from collections.abc import Iterator
 
 from doit.tools import config_changed
 
-from ksbake import bootloader, config, disks, inputs, lock, packages
+from ksbake import bootloader, config, convert, descriptors, disks, inputs, lock, packages, publish
 from tasks.common import PATHS, action
+
+ENV_INPUTS = ("KSBAKE_MIRRORS", "KSBAKE_ACCEL")  # environment overrides read by the settings
 
 
 def _build(name: str, file: str) -> str:
@@ -40,7 +42,7 @@ def task_kickstart() -> Iterator[dict]:
             + _code("inputs", "kickstart", "partitions", "layout", "settings", "bootloader"),
             "targets": [_build(name, f"inputs/{layer}.json") for layer in inputs.LAYERS],
             # an environment override is an input too: rerun when it changes
-            "uptodate": [config_changed({"KSBAKE_MIRRORS": os.environ.get("KSBAKE_MIRRORS", "")})],
+            "uptodate": [config_changed({v: os.environ.get(v, "") for v in ENV_INPUTS})],
             "clean": True,
         }
 
@@ -116,4 +118,53 @@ def task_bootloader() -> Iterator[dict]:
                 *_code("bootloader"),
             ],
             "targets": [_build(name, "bootloader.ref")],
+        }
+
+
+def task_convert() -> Iterator[dict]:
+    """Convert each appliance's bootable disks to its output formats with qemu-img."""
+    for name in PATHS.appliances():
+        yield {
+            "name": name,
+            "doc": f"disk formats of {name} (qcow2, vmdk, ...)",
+            "actions": [action(convert.step, PATHS, name)],
+            "file_dep": [
+                _build(name, "bootloader.ref"),
+                _build(name, "inputs/convert.json"),
+                *_code("convert"),
+            ],
+            "targets": [_build(name, "convert.ref")],
+        }
+
+
+def task_descriptor() -> Iterator[dict]:
+    """Write each appliance's virt-image, libvirt and OVF descriptors."""
+    for name in PATHS.appliances():
+        yield {
+            "name": name,
+            "doc": f"descriptors of {name} (virt-image, libvirt, OVF)",
+            "actions": [action(descriptors.step, PATHS, name)],
+            "file_dep": [
+                _build(name, "convert.ref"),
+                _build(name, "inputs/descriptor.json"),
+                *_code("descriptors"),
+            ],
+            "targets": [_build(name, "descriptor.ref")],
+        }
+
+
+def task_publish() -> Iterator[dict]:
+    """Publish each appliance into out/NAME/ (hardlinks to the store, swapped in atomically)."""
+    for name in PATHS.appliances():
+        yield {
+            "name": name,
+            "doc": f"publish {name} into out/{name}/",
+            "actions": [action(publish.step, PATHS, name)],
+            "file_dep": [
+                _build(name, "convert.ref"),
+                _build(name, "descriptor.ref"),
+                _build(name, "lock.json"),
+                *_code("publish"),
+            ],
+            "targets": [str(PATHS.out / name / "SHA256SUMS")],
         }

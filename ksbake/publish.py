@@ -1,0 +1,107 @@
+"""Publishing: ``out/NAME/`` holds one complete appliance, never a mix of two builds.
+
+The new directory is assembled next to the old one (hardlinks to store objects: no copies;
+a copy only when ``out/`` is on another filesystem) and swapped in with one atomic
+``renameat2(RENAME_EXCHANGE)``; a failure at any point leaves the previous appliance intact.
+
+Published disks are hardlinks to cached objects: boot them with ``snapshot=on``, or copy
+them before running them read-write (a write would change the cached object too).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from ksbake import convert, report
+from ksbake.descriptors import sha256_file
+from ksbake.errors import BuildError
+from ksbake.hashing import canonical_json
+from ksbake.store import Store, remove_tree
+
+AT_FDCWD = -100
+RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Atomically swap two paths (both must exist)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE):
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(b))
+
+
+def _link(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        shutil.copy2(src, dst)  # out/ on another filesystem than the store
+
+
+def files_to_publish(paths: Any, name: str) -> dict[str, tuple[Path, str]]:
+    """published name -> (source file, sha256)."""
+    build = paths.build_dir(name)
+    store = Store(paths.store)
+    files: dict[str, tuple[Path, str]] = {}
+    for fmt, ref in json.loads((build / "convert.ref").read_text()).items():
+        directory, records = convert.records_of(paths, ref["key"])
+        for rec in records:
+            published = convert.file_name(name, rec["disk"], fmt, ref["options"])
+            files[published] = (directory / rec["object_file"], rec["sha256"])
+    desc_key = json.loads((build / "descriptor.ref").read_text())["key"]
+    desc_dir = store.object_dir("descriptor", desc_key)
+    for file, digest in json.loads((desc_dir / "result.json").read_text()).items():
+        files[file] = (desc_dir / file, digest)
+    lock = build / "lock.json"
+    files[f"{name}.lock.json"] = (lock, sha256_file(lock))
+    return files
+
+
+def step(paths: Any, name: str) -> None:
+    """Publish ``out/NAME/``: disks, descriptors, the package manifest, SHA256SUMS."""
+    started = time.monotonic()
+    files = files_to_publish(paths, name)
+    final = paths.out / name
+    staging = paths.out / f".{name}.new-{os.getpid()}"
+    try:
+        paths.out.mkdir(parents=True, exist_ok=True)
+        remove_tree(staging)
+        staging.mkdir()
+        for published, (src, _digest) in sorted(files.items()):
+            if published.endswith(".lock.json"):
+                shutil.copyfile(src, staging / published)  # a per-workspace file, not an object
+            else:
+                _link(src, staging / published)
+        sums = "".join(f"{digest}  {f}\n" for f, (_, digest) in sorted(files.items()))
+        (staging / "SHA256SUMS").write_text(sums)
+        if final.exists():
+            _exchange(staging, final)
+            remove_tree(staging)  # now the previous appliance
+        else:
+            os.rename(staging, final)
+    except OSError as exc:
+        if staging.exists():
+            remove_tree(staging)
+        raise BuildError(
+            f"cannot publish {name} into {paths.out}: {exc.strerror or exc}",
+            hint="check that the output directory is writable and has room (KSBAKE_OUT moves it)",
+        ) from None
+    record = {f: digest for f, (_, digest) in files.items()}
+    (paths.build_dir(name) / "published.json").write_text(canonical_json(record) + "\n")
+    report.record(
+        paths,
+        name,
+        "publish",
+        "-",
+        True,
+        time.monotonic() - started,
+        note=f"{final}: {len(files) + 1} files",
+    )
