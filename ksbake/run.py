@@ -80,7 +80,8 @@ def run(
     ``what`` names the step for the error message ("building the busybox package").
     """
     args = [str(a) for a in argv]
-    which(args[0]) if "/" not in args[0] else None
+    if "/" not in args[0]:
+        which(args[0])  # a missing tool: one error naming the package to install
     log.debug("run: %s", shlex.join(args))
     proc = subprocess.run(
         args,
@@ -95,8 +96,11 @@ def run(
         out = (proc.stdout or b"").decode(errors="replace").strip().splitlines()
         tail = "\n".join(out[-15:])
         label = what or shlex.join(args[:3])
+        full = "No space left on device" in tail or "Disk full" in tail
         raise ToolError(
             f"{label}: '{shlex.join(args)}' failed with exit code {proc.returncode}"
-            + (f"\n{tail}" if tail else "")
+            + (f"\n{tail}" if tail else ""),
+            hint="no space left on device: free some space, or move the store with "
+            "KSBAKE_STORE" if full else None,
         )
     return proc
