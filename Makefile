@@ -6,9 +6,10 @@ PY := .venv/bin/python
 setup:
 	@sh scripts/setup-host
 
-# Build the demo appliance from the bundled offline repository.
+# Build the demo appliance from the bundled offline repository into out/demo/, then boot it
+# in QEMU until its login prompt shows on the serial console.
 demo: setup
-	$(PY) -m doit appliance:demo
+	$(PY) -m doit appliance:demo boottest:demo
 
 # Every test, including the real builds (bundled repository, dnf installs).
 test: setup
@@ -22,6 +23,8 @@ check: setup
 
 bench: setup
 	$(PY) bench/noop.py
+	$(PY) bench/layout.py
+	$(PY) bench/formats.py
 
 clean:
 	rm -rf cache out
