@@ -978,6 +978,7 @@ def step(paths: Any, name: str) -> None:
                 "out_dir": str(staging),
                 "seed": key,
             },
+            workdir=staging,
         )
         for disk in result["disks"]:
             disk["file"] = Path(disk["file"]).name  # relative: the staging dir is renamed

@@ -377,6 +377,7 @@ def step(paths: Any, name: str) -> None:
                 "ks_dir": inputs["ks_dir"],
                 "seed": key,
             },
+            workdir=staging,
         )
         return {
             "size": report.tree_size(staging / "upper"),

@@ -1305,6 +1305,7 @@ def step(paths: Any, name: str) -> None:
                 "out_dir": str(staging),
                 "seed": key,
             },
+            workdir=staging,
         )
         (staging / "result.json").write_text(json.dumps(result, indent=1, sort_keys=True))
         (staging / "plan.json").write_text(json.dumps(plan_dict, indent=1, sort_keys=True))

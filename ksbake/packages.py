@@ -202,6 +202,7 @@ def step(paths: Any, name: str) -> None:
                 "tree": str(staging / "tree"),
                 "dnf_cache": str(paths.dnf_cache),
             },
+            workdir=staging,
         )
         return {"size": report.tree_size(staging / "tree")}
 

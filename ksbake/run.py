@@ -100,7 +100,8 @@ def run(
         raise ToolError(
             f"{label}: '{shlex.join(args)}' failed with exit code {proc.returncode}"
             + (f"\n{tail}" if tail else ""),
-            hint="no space left on device: free some space, or move the store with "
-            "KSBAKE_STORE" if full else None,
+            hint="no space left on device: free some space, or move the store with KSBAKE_STORE"
+            if full
+            else None,
         )
     return proc

@@ -10,6 +10,7 @@ build): no cleanup code has to run for the host to be clean.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -20,12 +21,16 @@ from ksbake import errors
 from ksbake.run import which
 
 
-def call(function: str, args: dict[str, Any], *, isolate: bool = True) -> dict[str, Any]:
+def call(
+    function: str, args: dict[str, Any], *, isolate: bool = True, workdir: Path | None = None
+) -> dict[str, Any]:
     """Run ``function`` ("module:name") in a worker process with JSON ``args``; return its dict.
 
     A ``KsbakeError`` raised in the worker is raised again here, same class and message.
+    ``workdir`` (a layer's staging directory) holds the worker's temporary files (TMPDIR),
+    so a killed build leaves them only where the store cleans up.
     """
-    with tempfile.TemporaryDirectory(prefix="ksbake-call-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=".call-", dir=workdir) as tmp:
         args_file = Path(tmp) / "args.json"
         result_file = Path(tmp) / "result.json"
         args_file.write_text(json.dumps(args))
@@ -41,7 +46,8 @@ def call(function: str, args: dict[str, Any], *, isolate: bool = True) -> dict[s
                 "--",
                 *argv,
             ]
-        proc = subprocess.run(argv, check=False)
+        env = {**os.environ, "TMPDIR": tmp}
+        proc = subprocess.run(argv, check=False, env=env)
         result = json.loads(result_file.read_text()) if result_file.exists() else None
     if proc.returncode == 0 and result and "ok" in result:
         return result["ok"]
