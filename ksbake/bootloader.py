@@ -842,8 +842,18 @@ def install(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     copies = {d["name"]: out / f"{d['name']}.raw" for d in disk_list}
+    written = set()  # the disks this layer writes to: copied; the others are hardlinked
+    if target is not None:
+        written.add(target.boot_disk["name"])
+        if target.table is not None:
+            written.add(target.grub_disk["name"])
+        if target.esp is not None:
+            written.add(target.esp[0]["name"])
     for disk in disk_list:
-        _copy_sparse(disk["file"], copies[disk["name"]])
+        if disk["name"] in written:
+            _copy_sparse(disk["file"], copies[disk["name"]])
+        else:
+            os.link(disk["file"], copies[disk["name"]])  # unchanged: no copy at all
     result: dict[str, Any] = {
         "disks": [{"name": d["name"], "file": str(copies[d["name"]])} for d in disk_list],
         "grub": None,
