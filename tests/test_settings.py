@@ -95,3 +95,9 @@ def test_invalid_output_settings(tmp_path: Path, text: str, needle: str) -> None
     (tmp_path / "x.toml").write_text(text)
     with pytest.raises(ConfigError, match=needle):
         settings.load("x", tmp_path, environ={})
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [key for key in settings.FIELDS if f"`{key}`" not in readme]
+    assert not missing, f"README.md does not document: {missing}"
