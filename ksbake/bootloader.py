@@ -227,31 +227,7 @@ class MergedTree:
         return None
 
     def _resolve(self, path: str) -> list[str] | None:
-        todo = [p for p in path.split("/") if p]
-        done: list[str] = []
-        hops = 0
-        while todo:
-            part = todo.pop(0)
-            if part == ".":
-                continue
-            if part == "..":
-                if done:
-                    done.pop()
-                continue
-            entry = self._entry([*done, part])
-            if entry is None:
-                return None
-            if entry.is_symlink():
-                hops += 1
-                if hops > treefs.MAX_SYMLINKS:
-                    raise BuildError(f"too many levels of symbolic links resolving {path}")
-                target = os.readlink(entry)
-                if target.startswith("/"):
-                    done = []
-                todo = [p for p in target.split("/") if p] + todo
-                continue
-            done.append(part)
-        return done
+        return treefs.walk(path, self._entry)
 
     def find(self, path: str) -> Path | None:
         """Host path of ``path`` in the merged tree (symlinks followed), or None."""

@@ -9,6 +9,7 @@ the tree were ``/`` (like the kernel does in a chroot), so nothing ever escapes 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from ksbake.errors import BuildError
@@ -16,8 +17,13 @@ from ksbake.errors import BuildError
 MAX_SYMLINKS = 40
 
 
-def resolve(root: Path, path: str, *, follow_last: bool = True) -> Path:
-    """Host path of ``path`` inside ``root``, following symlinks as a chroot would."""
+def walk(
+    path: str, entry: Callable[[list[str]], Path | None], *, follow_last: bool = True
+) -> list[str] | None:
+    """Resolve ``path`` component by component as the kernel does in a chroot: ``..`` stops
+    at the root, absolute symlinks restart from it. ``entry(parts)`` gives the host path of
+    a component (None: it does not exist, and neither does ``path``). Returns the resolved
+    components. Shared by plain trees and by overlay layers read without mounting them."""
     todo = [p for p in path.split("/") if p]
     done: list[str] = []
     hops = 0
@@ -29,18 +35,26 @@ def resolve(root: Path, path: str, *, follow_last: bool = True) -> Path:
             if done:
                 done.pop()
             continue
-        candidate = root.joinpath(*done, part)
+        candidate = entry([*done, part])
+        if candidate is None:
+            return None
         if candidate.is_symlink() and (todo or follow_last):
             hops += 1
             if hops > MAX_SYMLINKS:
-                raise BuildError(f"too many levels of symbolic links resolving {path} in {root}")
+                raise BuildError(f"too many levels of symbolic links resolving {path}")
             target = os.readlink(candidate)
             if target.startswith("/"):
                 done = []
             todo = [p for p in target.split("/") if p] + todo
             continue
         done.append(part)
-    return root.joinpath(*done)
+    return done
+
+
+def resolve(root: Path, path: str, *, follow_last: bool = True) -> Path:
+    """Host path of ``path`` inside ``root``, following symlinks as a chroot would."""
+    parts = walk(path, lambda parts: root.joinpath(*parts), follow_last=follow_last)
+    return root.joinpath(*parts or [])
 
 
 def makedirs(root: Path, path: str, mode: int = 0o755) -> Path:

@@ -69,9 +69,8 @@ class Workspace:
             return []
         return [json.loads(line) for line in log.read_text().splitlines()]
 
-    def doit(self, *args: str, timeout: int = 900, extra_env: dict | None = None) -> Result:
-        before = len(self.events())
-        env = {
+    def environ(self, extra_env: dict | None = None) -> dict[str, str]:
+        return {
             **os.environ,
             "KSBAKE_CONFIGS": str(self.configs),
             "KSBAKE_CACHE": str(self.cache),
@@ -80,18 +79,35 @@ class Workspace:
             **self.env,
             **(extra_env or {}),
         }
+
+    @staticmethod
+    def argv(*args: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "doit",
+            "-f",
+            str(PROJECT / "dodo.py"),
+            "-d",
+            str(PROJECT),
+            *args,
+        ]
+
+    def spawn(self, *args: str) -> subprocess.Popen:
+        """Start doit in its own process group (for tests that kill a build)."""
+        return subprocess.Popen(
+            self.argv(*args),
+            env=self.environ(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def doit(self, *args: str, timeout: int = 900, extra_env: dict | None = None) -> Result:
+        before = len(self.events())
         proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "doit",
-                "-f",
-                str(PROJECT / "dodo.py"),
-                "-d",
-                str(PROJECT),
-                *args,
-            ],
-            env=env,
+            self.argv(*args),
+            env=self.environ(extra_env),
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -9,13 +9,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT, Workspace, demo_kickstart
+from conftest import Workspace, demo_kickstart
 
 pytestmark = pytest.mark.slow
 
@@ -197,30 +195,9 @@ def test_killed_disk_build_commits_nothing(workspace: Workspace) -> None:
     parts = DEMO_PARTS.replace("--size=192", f"--size={200 + os.getpid() % 50}")
     workspace.write("demo.ks", with_parts(parts))
     ok(workspace.doit("config:demo"))
-    env = {
-        **os.environ,
-        "KSBAKE_CONFIGS": str(workspace.configs),
-        "KSBAKE_CACHE": str(workspace.cache),
-        "KSBAKE_STORE": str(workspace.store),
-    }
     staging = workspace.store / "staging"
     before = set(staging.glob("disks-*")) if staging.exists() else set()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "doit",
-            "-f",
-            str(PROJECT / "dodo.py"),
-            "-d",
-            str(PROJECT),
-            "disks:demo",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = workspace.spawn("disks:demo")
     deadline = time.monotonic() + 60
     started = set()
     while time.monotonic() < deadline and not started:

@@ -9,12 +9,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT, Workspace, demo_kickstart, object_file
+from conftest import Workspace, demo_kickstart, object_file
 
 pytestmark = pytest.mark.slow
 
@@ -237,12 +236,6 @@ def test_killed_install_is_rebuilt_cleanly(workspace: Workspace) -> None:
     text = demo_kickstart().replace("kernel\n%end", "kernel\nksbake-docs\nksbake-extras\n%end")
     text = text.replace("%packages", "%packages --excludedocs --instLangs=de")
     workspace.write("demo.ks", text)
-    env = {
-        **os.environ,
-        "KSBAKE_CONFIGS": str(workspace.configs),
-        "KSBAKE_CACHE": str(workspace.cache),
-        "KSBAKE_STORE": str(workspace.store),
-    }
     ok(workspace.doit("lock:demo"))
     lock_text = (workspace.cache / "build/demo/lock.json").read_text()
     from ksbake.packages import key_for, tool_versions
@@ -250,22 +243,7 @@ def test_killed_install_is_rebuilt_cleanly(workspace: Workspace) -> None:
     key = key_for(lock_text, tool_versions())
     if (workspace.store / "objects/packages" / key).exists():  # from an earlier local run
         subprocess.run(["rm", "-rf", str(workspace.store / "objects/packages" / key)], check=True)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "doit",
-            "-f",
-            str(PROJECT / "dodo.py"),
-            "-d",
-            str(PROJECT),
-            "packages:demo",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = workspace.spawn("packages:demo")
     staging = workspace.store / "staging"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
