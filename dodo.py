@@ -6,6 +6,7 @@ Thin on purpose: configuration, then the task creators from tasks/.
 from tasks.appliance import task_appliance  # noqa: F401
 from tasks.boottest import task_boottest  # noqa: F401
 from tasks.common import PATHS, XxhashChecker
+from tasks.gc import task_gc  # noqa: F401
 from tasks.layers import (  # noqa: F401
     task_bootloader,
     task_config,

@@ -742,7 +742,10 @@ def step(paths: Any, name: str) -> None:
             )
         files = {p.name: sha256_file(p) for p in staging.iterdir() if p.is_file()}
         (staging / "result.json").write_text(json.dumps(files, indent=1, sort_keys=True))
-        return {"files": sorted(files)}
+        return {
+            "files": sorted(files),
+            "parents": {f"convert-{fmt}": ref["key"] for fmt, ref in refs.items()},
+        }
 
     obtained = Store(paths.store).obtain("descriptor", key, build_descriptors)
     write_if_changed(build / "descriptor.ref", canonical_json({"key": key}) + "\n")

@@ -1,0 +1,109 @@
+"""Garbage collection of the store: a size budget, least recently used objects first.
+
+An object's last use is its ``meta.json`` mtime (``Store.obtain`` touches it on every reuse).
+What the appliances of this workspace currently point at (their ``*.ref`` files, the bundled
+repository) is never collected, nor anything those objects are built on (their ``parents``).
+Removing an object removes the objects built on top of it too (a config layer is only an
+overlay upper directory: it is useless without its packages tree). Published files in
+``out/`` are hardlinks, so they survive the collection of their objects.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ksbake.report import human, tree_size
+from ksbake.store import META, remove_tree
+
+
+@dataclass
+class Obj:
+    layer: str
+    key: str
+    path: Path
+    last_used: float
+    parents: set[str]
+    size: int = 0
+    children: set[str] = field(default_factory=set)
+
+
+def objects(store: Path) -> dict[str, Obj]:
+    """Every committed object, by key."""
+    found: dict[str, Obj] = {}
+    for meta in sorted((store / "objects").glob(f"*/*/{META}")):
+        info = json.loads(meta.read_text())
+        parents = set((info.get("parents") or {}).values())
+        obj = Obj(
+            meta.parent.parent.name, meta.parent.name, meta.parent, meta.stat().st_mtime, parents
+        )
+        found[obj.key] = obj
+    for obj in found.values():
+        for parent in obj.parents:
+            if parent in found:
+                found[parent].children.add(obj.key)
+    return found
+
+
+def referenced(paths: Any) -> set[str]:
+    """Keys the appliances of this workspace point at."""
+    keys: set[str] = set()
+    for ref in paths.cache.glob("build/*/*.ref"):
+        data = json.loads(ref.read_text())
+        if "key" in data:
+            keys.add(data["key"])
+        keys.update(v["key"] for v in data.values() if isinstance(v, dict) and "key" in v)
+    for state in paths.cache.glob("build/*/lock.state.json"):
+        keys.add(json.loads(state.read_text())["key"])
+    if paths.bundled_repo.is_symlink():
+        keys.add(paths.bundled_repo.resolve().parent.name)
+    return keys
+
+
+def collect(paths: Any, budget: int, *, dry_run: bool = False) -> list[Obj]:
+    """Remove least recently used objects until the store fits ``budget`` bytes."""
+    found = objects(paths.store)
+    keep: set[str] = set()
+    todo = [k for k in referenced(paths) if k in found]
+    while todo:  # what is referenced, and everything it is built on
+        key = todo.pop()
+        if key not in keep:
+            keep.add(key)
+            todo.extend(p for p in found[key].parents if p in found)
+    for obj in found.values():
+        obj.size = tree_size(obj.path)
+    total = sum(o.size for o in found.values())
+    removed: list[Obj] = []
+    gone: set[str] = set()
+    for obj in sorted(found.values(), key=lambda o: o.last_used):
+        if total <= budget:
+            break
+        if obj.key in keep or obj.key in gone:
+            continue
+        doomed, stack = [], [obj.key]
+        while stack:  # the object and everything built on it (none of it is kept)
+            key = stack.pop()
+            if key not in gone:
+                gone.add(key)
+                doomed.append(found[key])
+                stack.extend(found[key].children)
+        for victim in reversed(doomed):
+            if not dry_run:
+                (victim.path / META).unlink()  # uncommit first: never a half object in use
+                remove_tree(victim.path)
+            total -= victim.size
+            removed.append(victim)
+    return removed
+
+
+def step(paths: Any, budget: int, dry_run: bool = False) -> None:
+    removed = collect(paths, budget, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for obj in removed:
+        print(f"gc: {verb} {obj.layer}/{obj.key[:16]} ({human(obj.size)})")
+    print(
+        f"gc: {verb} {len(removed)} objects, {human(sum(o.size for o in removed))}; "
+        f"budget {human(budget)}"
+    )
