@@ -27,7 +27,7 @@ from ksbake.errors import BuildError
 from ksbake.hashing import layer_key
 from ksbake.run import run
 
-CODE_VERSION = 1
+CODE_VERSION = 2  # 2: network device keyfiles
 CHROOT_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/root",
@@ -215,6 +215,61 @@ def apply_system(root: Path, handler: Any, warnings: list[str]) -> None:
             hostname = net.hostname
     if hostname:
         treefs.write_file(root, "/etc/hostname", hostname + "\n")
+    apply_network_devices(root, handler, warnings)
+
+
+def _prefix(netmask: str) -> int:
+    if netmask.isdigit():
+        return int(netmask)
+    return sum(bin(int(octet)).count("1") for octet in netmask.split("."))
+
+
+def nm_keyfile(net: Any) -> str:
+    """A NetworkManager keyfile for one kickstart ``network`` line (dhcp or static IPv4)."""
+    device = net.device or "eth0"
+    lines = ["[connection]", f"id={device}", "type=ethernet", f"interface-name={device}"]
+    if net.onboot is False:
+        lines.append("autoconnect=false")
+    lines += ["", "[ipv4]"]
+    if (net.bootProto or "dhcp") == "static":
+        if not (net.ip and net.netmask):
+            raise BuildError(
+                f"network --device={device} --bootproto=static needs --ip and --netmask"
+            )
+        lines.append(
+            f"address1={net.ip}/{_prefix(net.netmask)}" + (f",{net.gateway}" if net.gateway else "")
+        )
+        lines.append("method=manual")
+    else:
+        lines.append("method=auto")
+    if net.nameserver:
+        lines.append("dns=" + ";".join(s.strip() for s in net.nameserver.split(",")) + ";")
+    lines += ["", "[ipv6]", "method=" + ("ignore" if getattr(net, "noipv6", False) else "auto"), ""]
+    return "\n".join(lines)
+
+
+def apply_network_devices(root: Path, handler: Any, warnings: list[str]) -> None:
+    """network lines that configure a device: NetworkManager keyfiles, if the tree has it."""
+    devices = [n for n in handler.network.network if n.device or n.bootProto or n.ip]
+    if not devices:
+        return
+    if not treefs.exists(root, "/usr/lib/NetworkManager") and not treefs.exists(
+        root, "/usr/sbin/NetworkManager"
+    ):
+        names = ", ".join(n.device or "(first device)" for n in devices)
+        warnings.append(
+            f"network {names}: the tree has no NetworkManager; device settings not written "
+            "(the appliance configures its network itself)"
+        )
+        return
+    for net in devices:
+        name = net.device or "eth0"
+        treefs.write_file(
+            root,
+            f"/etc/NetworkManager/system-connections/{name}.nmconnection",
+            nm_keyfile(net),
+            mode=0o600,
+        )
 
 
 def apply_services(root: Path, handler: Any, warnings: list[str]) -> None:

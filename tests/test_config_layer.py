@@ -118,3 +118,21 @@ def test_host_dnf_state_untouched(workspace: Workspace) -> None:
     assert workspace.doit("config:demo").rc == 0
     assert Path("/var/lib/dnf").exists() == before
     assert not Path("/root/.rpmdb").exists() or before
+
+
+def test_network_keyfiles() -> None:
+    from pykickstart.parser import KickstartParser
+    from pykickstart.version import makeVersion
+
+    from ksbake.config import nm_keyfile
+
+    handler = makeVersion("F40")
+    KickstartParser(handler).readKickstartFromString(
+        "network --device=eth0 --bootproto=static --ip=10.0.0.5 --netmask=255.255.255.0 "
+        "--gateway=10.0.0.1 --nameserver=10.0.0.2,10.0.0.3\n"
+        "network --device=eth1 --bootproto=dhcp --onboot=no\n"
+    )
+    static, dhcp = (nm_keyfile(n) for n in handler.network.network)
+    assert "address1=10.0.0.5/24,10.0.0.1\nmethod=manual" in static
+    assert "dns=10.0.0.2;10.0.0.3;" in static and "interface-name=eth0" in static
+    assert "method=auto" in dhcp and "autoconnect=false" in dhcp
