@@ -3,6 +3,7 @@
 Thin on purpose: configuration, then the task creators from tasks/.
 """
 
+from ksbake.report import run_id
 from tasks.appliance import task_appliance  # noqa: F401
 from tasks.boottest import task_boottest  # noqa: F401
 from tasks.common import PATHS, XxhashChecker
@@ -21,6 +22,7 @@ from tasks.layers import (  # noqa: F401
 from tasks.repo import task_repo  # noqa: F401
 
 PATHS.cache.mkdir(parents=True, exist_ok=True)
+run_id()  # one id for this doit run, inherited by its worker processes (summary: "cached")
 
 DOIT_CONFIG = {
     "backend": "sqlite3",

@@ -31,6 +31,7 @@ def record(
 ) -> None:
     """Append an event and remember the layer's outcome for this appliance's summary."""
     event = {
+        "run": run_id(),
         "time": round(time.time(), 3),
         "appliance": name,
         "layer": layer,
@@ -56,6 +57,13 @@ def record(
     )
 
 
+def run_id() -> str:
+    """Identifies one doit invocation, also across its `-n N` worker processes (inherited)."""
+    if "KSBAKE_RUN_ID" not in os.environ:
+        os.environ["KSBAKE_RUN_ID"] = f"{os.getpid()}-{time.time_ns()}"
+    return os.environ["KSBAKE_RUN_ID"]
+
+
 def human(size: int | None) -> str:
     if size is None:
         return "-"
@@ -79,7 +87,7 @@ def summary(paths: Paths, name: str, layers: list[str]) -> str:
             continue
         ev = json.loads(path.read_text())
         # "cached": doit found the task up to date and did not run it at all
-        result = "cached" if ev.get("pid") != os.getpid() else "built" if ev["built"] else "reused"
+        result = "cached" if ev.get("run") != run_id() else "built" if ev["built"] else "reused"
         rows.append(
             f"{layer:<14} {result:<7} {ev['seconds']:>7.2f}s "
             f"{human(ev.get('size')):>10}  {ev['key'][:16]}"
