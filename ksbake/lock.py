@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -142,6 +143,10 @@ def repo_specs(handler: Any, mirrors: dict[str, str], bundled_repo: str) -> list
     return out
 
 
+def _is_local(spec: RepoSpec) -> bool:
+    return bool(spec.baseurl) and all(u.startswith("file://") for u in spec.baseurl)
+
+
 def make_base(
     *,
     installroot: Path,
@@ -161,6 +166,11 @@ def make_base(
     base = dnf.Base()
     conf = base.conf
     conf.installroot = str(installroot)
+    if all(_is_local(spec) for spec in repos):
+        # nothing to download: a private cache, so metadata rewritten in place (a local
+        # mirror updated, the bundled repository rebuilt) is never read from a stale copy,
+        # and parallel builds never share one
+        cachedir = Path(tempfile.mkdtemp(prefix="ksbake-dnf-"))
     conf.cachedir = str(cachedir)
     conf.persistdir = str(persistdir)
     conf.logdir = str(logdir)
@@ -180,6 +190,10 @@ def make_base(
     rpm.addMacro("_dbpath", "/usr/lib/sysimage/rpm")  # after Base(): it resets macros
     for spec in repos:
         kwargs: dict[str, Any] = {"skip_if_unavailable": False, "sslverify": spec.sslverify}
+        if _is_local(spec) or os.environ.get("KSBAKE_REFRESH"):
+            # local repositories are re-read every time (cheap); remote ones when a refresh
+            # is asked for (nightly), else dnf's cache is good until its metadata_expire
+            kwargs["metadata_expire"] = 0
         if spec.mirrorlist:
             kwargs["mirrorlist"] = spec.mirrorlist
         if spec.metalink:
@@ -192,7 +206,9 @@ def make_base(
             kwargs["cost"] = spec.cost
         if spec.proxy:
             kwargs["proxy"] = spec.proxy
-        base.repos.add_new_repo(spec.name, conf, baseurl=list(spec.baseurl), **kwargs)
+        repo = base.repos.add_new_repo(spec.name, conf, baseurl=list(spec.baseurl), **kwargs)
+        if _is_local(spec):  # (a shared cache, with remote repos): drop the local copy
+            shutil.rmtree(repo._repo.getCachedir(), ignore_errors=True)
     return base
 
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from conftest import Workspace, demo_kickstart, object_file
+from conftest import PROJECT, Workspace, demo_kickstart, object_file
 
 pytestmark = pytest.mark.slow
 
@@ -286,3 +287,45 @@ def test_ovirt_wui_builds_offline_through_mirror_override(workspace: Workspace) 
     # without the override the Fedora mirrors are needed: offline, a clear error
     r = workspace.doit("appliance:ovirt-wui")
     assert r.rc != 0 and "cannot load repository metadata" in r.err
+
+
+def createrepo(repo: Path) -> None:
+    comps = PROJECT / "repo" / "comps.xml"
+    subprocess.run(["createrepo_c", "-q", "--update", "-g", str(comps), str(repo)], check=True)
+
+
+def test_nightly_mirror_change_rebuilds_only_what_changed(workspace: Workspace) -> None:
+    """A local mirror updated in place: re-lock; identical set → nothing else reruns; a moved
+    package → packages and what follows rebuild."""
+    ok(workspace.doit("repo"))
+    bundled = (workspace.store / "repo").resolve()
+    mirror = workspace.root / "mirror"
+    shutil.copytree(bundled / "base", mirror)
+    text = demo_kickstart().replace("file://$ksbake_repo/base", f"file://{mirror}")
+    workspace.write("demo.ks", text)
+    ok(workspace.doit("config:demo"))
+    lock_before = (workspace.cache / "build/demo/lock.json").read_text()
+
+    # upstream adds a package nobody asked for: metadata changes, the set does not
+    extra = next((bundled / "updates" / "Packages").glob("rootfiles-*.rpm"))
+    renamed = mirror / "Packages" / "zz-unrelated" / extra.name
+    renamed.parent.mkdir()
+    shutil.copy(
+        bundled
+        / "base/Packages"
+        / next(p.name for p in (bundled / "base/Packages").glob("ksbake-extras-*.rpm")),
+        renamed.parent,
+    )
+    createrepo(mirror)
+    r = workspace.doit("config:demo")
+    ok(r)
+    assert "lock:demo" in r.ran and "packages:demo" in r.uptodate, r.out
+    assert (workspace.cache / "build/demo/lock.json").read_text() == lock_before
+
+    # upstream ships a newer rootfiles: the lock moves, the tree is rebuilt
+    shutil.copy(extra, mirror / "Packages")
+    createrepo(mirror)
+    r = workspace.doit("config:demo")
+    ok(r)
+    assert {"lock:demo", "packages:demo", "config:demo"} <= set(r.ran), r.out
+    assert "~ rootfiles " in r.out
