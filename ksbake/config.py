@@ -27,7 +27,7 @@ from ksbake.errors import BuildError
 from ksbake.hashing import layer_key
 from ksbake.run import run
 
-CODE_VERSION = 2  # 2: network device keyfiles
+CODE_VERSION = 3  # 2: network device keyfiles; 3: /.autorelabel
 CHROOT_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/root",
@@ -305,6 +305,10 @@ def apply_security(root: Path, handler: Any, warnings: list[str]) -> None:
                 f"SELINUX={mode}" if ln.startswith("SELINUX=") else ln for ln in config.splitlines()
             ]
             treefs.write_file(root, "/etc/selinux/config", "\n".join(lines) + "\n")
+            if mode != "disabled":
+                # the tree was written by rpm on a build host, without SELinux labels: the
+                # appliance relabels itself on its first boot (then reboots once)
+                treefs.write_file(root, "/.autorelabel", "")
     fw = handler.firewall
     if fw.enabled is None:
         return
