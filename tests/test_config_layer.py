@@ -136,3 +136,21 @@ def test_network_keyfiles() -> None:
     assert "address1=10.0.0.5/24,10.0.0.1\nmethod=manual" in static
     assert "dns=10.0.0.2;10.0.0.3;" in static and "interface-name=eth0" in static
     assert "method=auto" in dhcp and "autoconnect=false" in dhcp
+
+
+def test_selinux_mode_and_relabel(tmp_path: Path) -> None:
+    from pykickstart.parser import KickstartParser
+    from pykickstart.version import makeVersion
+
+    from ksbake.config import apply_security
+
+    (tmp_path / "etc/selinux").mkdir(parents=True)
+    (tmp_path / "etc/selinux/config").write_text("SELINUX=disabled\nSELINUXTYPE=targeted\n")
+    handler = makeVersion("F40")
+    KickstartParser(handler).readKickstartFromString("selinux --enforcing\n")
+    warnings: list[str] = []
+    apply_security(tmp_path, handler, warnings)
+    assert (tmp_path / "etc/selinux/config").read_text() == (
+        "SELINUX=enforcing\nSELINUXTYPE=targeted\n"
+    )
+    assert (tmp_path / ".autorelabel").exists() and not warnings
