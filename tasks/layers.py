@@ -1,4 +1,4 @@
-"""doit tasks of the layers up to the configured tree: one sub-task per appliance.
+"""doit tasks of the layers, kickstart to publish: one sub-task per appliance.
 
 Each task's inputs are the small files written by the layer before it; each action asks the
 store first (``ksbake.store``), so doit decides *when* to look and the store *whether* to build.
