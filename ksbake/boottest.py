@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ksbake import bootloader, qemu, settings
+from ksbake import settings
 from ksbake.hashing import canonical_json, write_if_changed
 
 
@@ -28,6 +28,8 @@ def boot_settings(paths: Any, name: str) -> dict[str, Any]:
 
 
 def step(paths: Any, name: str) -> None:
+    from ksbake import bootloader, qemu
+
     build = paths.build_dir(name)
     key = json.loads((build / "bootloader.ref").read_text())["key"]
     directory, result = bootloader.result_of(paths, key)

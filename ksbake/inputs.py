@@ -14,24 +14,27 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ksbake import convert, kickstart, partitions, report, settings
-from ksbake.bootloader import bootloader_settings
+from ksbake import report, settings
 from ksbake.hashing import canonical_json, layer_key, write_if_changed
-from ksbake.layout import Plan
 from ksbake.paths import Paths
+
+if TYPE_CHECKING:  # the parser and planner are imported when the step runs, not at doit load
+    from ksbake.kickstart import Kickstart
+    from ksbake.layout import Plan
 
 CODE_VERSION = 1
 LAYERS = ("lock", "config", "disks", "bootloader", "convert", "descriptor")
 
 
-def layer_inputs(
-    ks: kickstart.Kickstart, conf: settings.Settings, plan: Plan
-) -> dict[str, dict[str, Any]]:
+def layer_inputs(ks: Kickstart, conf: settings.Settings, plan: Plan) -> dict[str, dict[str, Any]]:
     """What each layer reads, as JSON-able dicts (``ks`` is a re-parsable kickstart fragment;
     the disks layer reads the partition plan, which holds no file:line, so reformatting the
     kickstart leaves it unchanged)."""
+    from ksbake import convert
+    from ksbake.bootloader import bootloader_settings
+
     s = ks.sections
     return {
         "lock": {
@@ -84,6 +87,8 @@ def recorded_files(paths: Paths, name: str) -> list[str]:
 
 
 def step(paths: Paths, name: str) -> None:
+    from ksbake import kickstart, partitions
+
     started = time.monotonic()
     conf = settings.load(name, paths.configs)
     ks = kickstart.load(paths.kickstart(name), version=conf.syntax, compat=conf.compat)

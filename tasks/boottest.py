@@ -21,7 +21,7 @@ def task_boottest() -> Iterator[dict]:
         yield {
             "name": name,
             "doc": f"boot {name} in QEMU and wait for its marker",
-            "actions": [action(boottest.step, PATHS, name)],
+            "actions": [action("ksbake.boottest:step", PATHS, name)],
             "file_dep": [str(PATHS.build_dir(name) / "bootloader.ref")],
             "targets": [str(PATHS.build_dir(name) / "boottest.json")],
             "uptodate": [config_changed(boot)],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+import importlib
 import os
 import sys
 from collections.abc import Callable
@@ -36,13 +36,15 @@ class XxhashChecker(FileChangedChecker):
         return timestamp, os.path.getsize(dep), file_digest(dep)
 
 
-def action(step: Callable[..., Any], *args: Any) -> Callable[[], Any]:
-    """Wrap a layer step for doit: a KsbakeError becomes one clear line, not a traceback."""
+def action(step: str, *args: Any) -> Callable[[], Any]:
+    """Wrap a layer step ("module:function") for doit: a KsbakeError becomes one clear line,
+    not a traceback. The module is imported when the task runs, so that a no-op run does not
+    pay for importing pykickstart, dnf, lxml and friends."""
 
-    @functools.wraps(step)
     def run() -> Any:
+        module, _, name = step.partition(":")
         try:
-            step(*args)
+            getattr(importlib.import_module(module), name)(*args)
         except KsbakeError as exc:
             if os.environ.get("KSBAKE_DEBUG"):
                 raise

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-from ksbake import gc
 from ksbake.settings import parse_size
 from tasks.common import PATHS, action
 
@@ -16,7 +15,7 @@ def task_gc() -> dict:
     budget = parse_size(os.environ.get("KSBAKE_CACHE_BUDGET", DEFAULT_BUDGET))
     return {
         "doc": "remove least recently used cache objects beyond KSBAKE_CACHE_BUDGET",
-        "actions": [action(gc.step, PATHS, budget)],
+        "actions": [action("ksbake.gc:step", PATHS, budget)],
         "uptodate": [False],
         "verbosity": 2,
     }

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 from doit.tools import config_changed
 
-from ksbake import bootloader, config, convert, descriptors, disks, inputs, lock, packages, publish
+from ksbake import inputs, lock
 from tasks.common import PATHS, action
 
 ENV_INPUTS = ("KSBAKE_MIRRORS", "KSBAKE_ACCEL")  # environment overrides read by the settings
@@ -37,7 +37,7 @@ def task_kickstart() -> Iterator[dict]:
         yield {
             "name": name,
             "doc": f"parse configs/{name}.ks",
-            "actions": [action(inputs.step, PATHS, name)],
+            "actions": [action("ksbake.inputs:step", PATHS, name)],
             "file_dep": deps
             + _code("inputs", "kickstart", "partitions", "layout", "settings", "bootloader"),
             "targets": [_build(name, f"inputs/{layer}.json") for layer in inputs.LAYERS],
@@ -53,7 +53,7 @@ def task_lock() -> Iterator[dict]:
         yield {
             "name": name,
             "doc": f"resolve the package set of {name}",
-            "actions": [action(lock.step, PATHS, name)],
+            "actions": [action("ksbake.lock:step", PATHS, name)],
             "file_dep": [_build(name, "inputs/lock.json"), *_code("lock")],
             "targets": [_build(name, "lock.json"), _build(name, "lock.state.json")],
             "task_dep": ["repo"] if inputs.uses_bundled_repo(PATHS, name) else [],
@@ -67,7 +67,7 @@ def task_packages() -> Iterator[dict]:
         yield {
             "name": name,
             "doc": f"install the locked packages of {name}",
-            "actions": [action(packages.step, PATHS, name)],
+            "actions": [action("ksbake.packages:step", PATHS, name)],
             "file_dep": [_build(name, "lock.json"), *_code("packages", "lock")],
             "targets": [_build(name, "packages.ref")],
         }
@@ -79,7 +79,7 @@ def task_config() -> Iterator[dict]:
         yield {
             "name": name,
             "doc": f"configure {name} (settings, users, %post)",
-            "actions": [action(config.step, PATHS, name)],
+            "actions": [action("ksbake.config:step", PATHS, name)],
             "file_dep": [
                 _build(name, "packages.ref"),
                 _build(name, "inputs/config.json"),
@@ -95,7 +95,7 @@ def task_disks() -> Iterator[dict]:
         yield {
             "name": name,
             "doc": f"partitioned raw disks of {name}",
-            "actions": [action(disks.step, PATHS, name)],
+            "actions": [action("ksbake.disks:step", PATHS, name)],
             "file_dep": [
                 _build(name, "config.ref"),
                 _build(name, "inputs/disks.json"),
@@ -111,7 +111,7 @@ def task_bootloader() -> Iterator[dict]:
         yield {
             "name": name,
             "doc": f"bootable disks of {name}",
-            "actions": [action(bootloader.step, PATHS, name)],
+            "actions": [action("ksbake.bootloader:step", PATHS, name)],
             "file_dep": [
                 _build(name, "disks.ref"),
                 _build(name, "inputs/bootloader.json"),
@@ -127,7 +127,7 @@ def task_convert() -> Iterator[dict]:
         yield {
             "name": name,
             "doc": f"disk formats of {name} (qcow2, vmdk, ...)",
-            "actions": [action(convert.step, PATHS, name)],
+            "actions": [action("ksbake.convert:step", PATHS, name)],
             "file_dep": [
                 _build(name, "bootloader.ref"),
                 _build(name, "inputs/convert.json"),
@@ -143,7 +143,7 @@ def task_descriptor() -> Iterator[dict]:
         yield {
             "name": name,
             "doc": f"descriptors of {name} (virt-image, libvirt, OVF)",
-            "actions": [action(descriptors.step, PATHS, name)],
+            "actions": [action("ksbake.descriptors:step", PATHS, name)],
             "file_dep": [
                 _build(name, "convert.ref"),
                 _build(name, "inputs/descriptor.json"),
@@ -159,7 +159,7 @@ def task_publish() -> Iterator[dict]:
         yield {
             "name": name,
             "doc": f"publish {name} into out/{name}/",
-            "actions": [action(publish.step, PATHS, name)],
+            "actions": [action("ksbake.publish:step", PATHS, name)],
             "file_dep": [
                 _build(name, "convert.ref"),
                 _build(name, "descriptor.ref"),

@@ -12,11 +12,9 @@ def _sources() -> list[str]:
 
 def task_repo() -> dict:
     """Build the bundled RPM repository (base + updates) from Debian packages."""
-    from ksbake import bundledrepo
-
     return {
         "doc": "build the bundled offline RPM repository (cache/repo/{base,updates})",
-        "actions": [action(bundledrepo.step, PATHS)],
+        "actions": [action("ksbake.bundledrepo:step", PATHS)],
         "file_dep": _sources(),
         "targets": [str(PATHS.bundled_repo / "base" / "repodata" / "repomd.xml")],
     }
