@@ -462,9 +462,11 @@ def _table_type(disk: dict, plan: dict) -> str:
 
 
 def _copy_sparse(src: str, dst: Path) -> None:
-    """Copy a disk image keeping its holes (the input is a cached object: never modified)."""
+    """Copy a disk image keeping its holes (the input is a cached object: never modified).
+
+    A reflink where the store's filesystem has them (XFS, btrfs): then the copy is free."""
     dst.unlink(missing_ok=True)
-    run(["cp", "--sparse=always", src, dst], what=f"copying {src}")
+    run(["cp", "--reflink=auto", "--sparse=auto", src, dst], what=f"copying {src}")
 
 
 # -- GRUB images --------------------------------------------------------------------------
