@@ -920,7 +920,7 @@ CODE_VERSION = 1
 
 def grub_tool_version() -> str:
     """The host grub-mkimage's version: it writes the boot code (part of the key)."""
-    argv = [which("grub-mkimage"), "--version"]
+    argv = [_mkimage_tool(), "--version"]
     return subprocess.run(argv, capture_output=True, text=True, check=False).stdout.strip()
 
 
