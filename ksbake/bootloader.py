@@ -915,7 +915,7 @@ def install(
 
 # -- the layer step, run in the build process ----------------------------------------------
 
-CODE_VERSION = 1
+CODE_VERSION = 2  # 2: sealed output files
 
 
 def grub_tool_version() -> str:
@@ -975,6 +975,7 @@ def step(paths: Any, name: str) -> None:
             "size": report.tree_size(staging),
             "grub": result.get("grub"),
             "parents": {"disks": disks_key},
+            "seal": [d["file"] for d in result["disks"]],
         }
 
     obtained = store.obtain("bootloader", key, build_bootable)

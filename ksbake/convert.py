@@ -20,7 +20,7 @@ from typing import Any
 from ksbake.errors import BuildError, ConfigError
 from ksbake.run import run, which
 
-CODE_VERSION = 1
+CODE_VERSION = 2  # 2: sealed output files
 FORMATS = ("raw", "qcow2", "vmdk", "vdi", "vhdx")
 EXTENSIONS = {"raw": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vdi": "vdi", "vhdx": "vhdx"}
 QCOW2_COMPRESSION = ("none", "zlib", "zstd")
@@ -154,7 +154,11 @@ def step(paths: Any, name: str) -> None:
         def build_format(staging: Path, fmt: str = fmt, options: dict = options) -> dict:
             records = convert(disks, fmt, options, staging)
             (staging / "result.json").write_text(json.dumps(records, indent=1, sort_keys=True))
-            return {"size": report.tree_size(staging), "parents": {"bootloader": bl_key}}
+            return {
+                "size": report.tree_size(staging),
+                "parents": {"bootloader": bl_key},
+                "seal": [r["object_file"] for r in records],
+            }
 
         obtained = Store(paths.store).obtain("convert", key, build_format)
         refs[fmt] = {"key": key, "options": options}

@@ -646,7 +646,7 @@ def describe_disk(disk: str, path: str | os.PathLike[str], fmt: str) -> DiskImag
 
 # -- the layer step, run in the build process ----------------------------------------------
 
-CODE_VERSION = 1
+CODE_VERSION = 2  # 2: sealed output files
 
 
 def appliance_for(
@@ -744,6 +744,7 @@ def step(paths: Any, name: str) -> None:
         (staging / "result.json").write_text(json.dumps(files, indent=1, sort_keys=True))
         return {
             "files": sorted(files),
+            "seal": sorted(files),
             "parents": {f"convert-{fmt}": ref["key"] for fmt, ref in refs.items()},
         }
 

@@ -1276,7 +1276,7 @@ def _chunks(fd: int, start: int, end: int) -> Iterator[tuple[int, bytes]]:
 
 # -- the layer step, run in the build process ----------------------------------------------
 
-CODE_VERSION = 1
+CODE_VERSION = 2  # 2: sealed output files
 
 
 def step(paths: Any, name: str) -> None:
@@ -1309,7 +1309,11 @@ def step(paths: Any, name: str) -> None:
         )
         (staging / "result.json").write_text(json.dumps(result, indent=1, sort_keys=True))
         (staging / "plan.json").write_text(json.dumps(plan_dict, indent=1, sort_keys=True))
-        return {"size": report.tree_size(staging), "parents": {"config": config_key}}
+        return {
+            "size": report.tree_size(staging),
+            "parents": {"config": config_key},
+            "seal": [d["file"] for d in result["disks"]],
+        }
 
     obtained = Store(paths.store).obtain("disks", key, build_disks)
     write_if_changed(build_dir / "disks.ref", canonical_json({"key": key}) + "\n")

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from ksbake import convert, report
-from ksbake.descriptors import sha256_file
 from ksbake.errors import BuildError
 from ksbake.hashing import canonical_json
 from ksbake.store import Store, remove_tree
@@ -46,8 +45,9 @@ def _link(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)  # out/ on another filesystem than the store
 
 
-def files_to_publish(paths: Any, name: str) -> dict[str, tuple[Path, str]]:
-    """published name -> (source file, sha256)."""
+def files_to_publish(paths: Any, name: str) -> dict[str, tuple[Path, str | None]]:
+    """published name -> (source file, sha256; None for the lock, a small per-workspace
+    file hashed when published)."""
     build = paths.build_dir(name)
     store = Store(paths.store)
     files: dict[str, tuple[Path, str]] = {}
@@ -61,14 +61,34 @@ def files_to_publish(paths: Any, name: str) -> dict[str, tuple[Path, str]]:
     for file, digest in json.loads((desc_dir / "result.json").read_text()).items():
         files[file] = (desc_dir / file, digest)
     lock = build / "lock.json"
-    files[f"{name}.lock.json"] = (lock, sha256_file(lock))
+    files[f"{name}.lock.json"] = (lock, None)
     return files
+
+
+def current(paths: Any, name: str) -> bool:
+    """doit ``uptodate`` check: every published disk and descriptor is still a hardlink of the
+    current store object (an object rebuilt after a read-write boot gets published again)."""
+    final = paths.out / name
+    try:
+        files = files_to_publish(paths, name)
+        return all(
+            os.path.samefile(final / published, src)
+            for published, (src, _) in files.items()
+            if not published.endswith(".lock.json")
+        )
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def step(paths: Any, name: str) -> None:
     """Publish ``out/NAME/``: disks, descriptors, the package manifest, SHA256SUMS."""
     started = time.monotonic()
-    files = files_to_publish(paths, name)
+    from ksbake.descriptors import sha256_file
+
+    files = {
+        f: (src, digest or sha256_file(src))
+        for f, (src, digest) in files_to_publish(paths, name).items()
+    }
     final = paths.out / name
     staging = paths.out / f".{name}.new-{os.getpid()}"
     try:

@@ -22,6 +22,7 @@ import fcntl
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -78,18 +79,29 @@ class Store:
     ) -> Obtained:
         """Return the committed object for ``key``, building it with ``build(staging)`` if needed.
 
-        ``build`` fills the staging directory and may return extra metadata. On any exception
-        the staging directory is removed and nothing is committed.
+        ``build`` fills the staging directory and may return extra metadata; its ``seal`` entry
+        lists files whose size and mtime are recorded, and an object whose sealed files changed
+        is built again instead of reused. On any exception the staging directory is removed
+        and nothing is committed.
         """
         found = self.lookup(layer, key)
-        if found:
+        if found and self._intact(found):
             self._touch(found)
             return Obtained(found, False, self.read_meta(layer, key))
         with self._locked(layer, key):
             found = self.lookup(layer, key)  # built by a concurrent run while we waited
-            if found:
+            if found and self._intact(found):
                 self._touch(found)
                 return Obtained(found, False, self.read_meta(layer, key))
+            if found:
+                print(
+                    f"warning: {layer} object {key[:16]} was modified after it was built "
+                    "(a published disk booted read-write?): building it again",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                (found / META).unlink()  # uncommit first, then remove
+                remove_tree(found)
             staging_root = self.root / "staging"
             staging_root.mkdir(parents=True, exist_ok=True)
             for stale in staging_root.glob(f"{layer}-{key}.*"):
@@ -102,6 +114,10 @@ class Store:
             started = time.monotonic()
             try:
                 extra = build(staging) or {}
+                sealed = {
+                    name: [(staging / name).stat().st_size, (staging / name).stat().st_mtime_ns]
+                    for name in extra.pop("seal", [])
+                }
                 info = {
                     "layer": layer,
                     "key": key,
@@ -109,6 +125,7 @@ class Store:
                     "build_seconds": round(time.monotonic() - started, 3),
                     **(meta or {}),
                     **extra,
+                    **({"sealed": sealed} if sealed else {}),
                 }
                 (staging / META).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
                 final.parent.mkdir(parents=True, exist_ok=True)
@@ -117,6 +134,25 @@ class Store:
                 remove_tree(staging)
                 raise
             return Obtained(final, True, info)
+
+    def intact(self, layer: str, key: str) -> bool:
+        """The object exists, committed, with its sealed files untouched."""
+        path = self.lookup(layer, key)
+        return path is not None and self._intact(path)
+
+    @staticmethod
+    def _intact(path: Path) -> bool:
+        """Sealed files (disks that get published as hardlinks) still have the size and mtime
+        they were built with: nobody wrote into them through a published link."""
+        sealed = json.loads((path / META).read_text()).get("sealed", {})
+        for name, (size, mtime_ns) in sealed.items():
+            try:
+                st = os.stat(path / name)
+            except OSError:
+                return False
+            if st.st_size != size or st.st_mtime_ns != mtime_ns:
+                return False
+        return True
 
     @staticmethod
     def _touch(path: Path) -> None:

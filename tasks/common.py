@@ -36,6 +36,23 @@ class XxhashChecker(FileChangedChecker):
         return timestamp, os.path.getsize(dep), file_digest(dep)
 
 
+def objects_intact(layer: str, ref: str) -> bool:
+    """doit ``uptodate`` check: the store objects a ref file names are still as built (their
+    disks are published as hardlinks; a read-write boot of one must not go unnoticed)."""
+    import json
+
+    from ksbake.store import Store
+
+    try:
+        with open(ref) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return False
+    keys = [data["key"]] if "key" in data else [v["key"] for v in data.values()]
+    store = Store(PATHS.store)
+    return all(store.intact(layer, key) for key in keys)
+
+
 def action(step: str, *args: Any) -> Callable[[], Any]:
     """Wrap a layer step ("module:function") for doit: a KsbakeError becomes one clear line,
     not a traceback. The module is imported when the task runs, so that a no-op run does not

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from doit.tools import config_changed
 
 from ksbake import inputs, lock
-from tasks.common import PATHS, action
+from tasks.common import PATHS, action, objects_intact
 
 ENV_INPUTS = ("KSBAKE_MIRRORS", "KSBAKE_ACCEL")  # environment overrides read by the settings
 
@@ -102,6 +102,7 @@ def task_disks() -> Iterator[dict]:
                 *_code("disks"),
             ],
             "targets": [_build(name, "disks.ref")],
+            "uptodate": [(objects_intact, ["disks", _build(name, "disks.ref")])],
         }
 
 
@@ -118,6 +119,7 @@ def task_bootloader() -> Iterator[dict]:
                 *_code("bootloader"),
             ],
             "targets": [_build(name, "bootloader.ref")],
+            "uptodate": [(objects_intact, ["bootloader", _build(name, "bootloader.ref")])],
         }
 
 
@@ -134,6 +136,7 @@ def task_convert() -> Iterator[dict]:
                 *_code("convert"),
             ],
             "targets": [_build(name, "convert.ref")],
+            "uptodate": [(objects_intact, ["convert", _build(name, "convert.ref")])],
         }
 
 
@@ -150,7 +153,14 @@ def task_descriptor() -> Iterator[dict]:
                 *_code("descriptors"),
             ],
             "targets": [_build(name, "descriptor.ref")],
+            "uptodate": [(objects_intact, ["descriptor", _build(name, "descriptor.ref")])],
         }
+
+
+def _published_current(name: str) -> bool:
+    from ksbake import publish
+
+    return publish.current(PATHS, name)
 
 
 def task_publish() -> Iterator[dict]:
@@ -167,4 +177,5 @@ def task_publish() -> Iterator[dict]:
                 *_code("publish"),
             ],
             "targets": [str(PATHS.out / name / "SHA256SUMS")],
+            "uptodate": [(_published_current, [name])],
         }

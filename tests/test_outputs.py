@@ -306,3 +306,24 @@ def test_libvirt_domain_boots(demo: Workspace, libvirtd: None) -> None:
             reversed(line.split("  ")) for line in (out / "SHA256SUMS").read_text().splitlines()
         )["demo-sda.qcow2"]
     )
+
+
+def test_published_disk_written_to_is_rebuilt_and_republished(demo: Workspace) -> None:
+    demo.write("demo.toml", 'formats = ["qcow2"]\n')
+    ok(demo.doit("appliance:demo"))
+    out = demo.root / "out" / "demo"
+    before = snapshot(out)
+    # what a read-write boot of the published hardlink does to the cached object
+    with open(out / "demo-sda.qcow2", "r+b") as f:
+        f.seek(1 << 20)
+        f.write(b"guest wrote here")
+    r = demo.doit("appliance:demo")
+    ok(r)
+    assert "was modified after it was built" in r.err
+    assert "convert-qcow2" in r.layers_run() and "publish" in r.layers_run(), r.out
+    assert {"lock:demo", "packages:demo", "disks:demo"} <= set(r.uptodate)
+    after = snapshot(out)
+    assert after["demo-sda.qcow2"][1] == before["demo-sda.qcow2"][1]  # pristine bytes again
+    assert after["demo-sda.qcow2"][0] != before["demo-sda.qcow2"][0]  # a new object
+    ok(demo.doit("appliance:demo"))
+    assert demo.doit("appliance:demo").layers_run() == set()

@@ -104,3 +104,19 @@ def test_killed_build_leaves_no_object(tmp_path: Path) -> None:
     assert store.lookup("layer", "k") is None
     got = store.obtain("layer", "k", lambda s: (s / "whole").write_text("1") and None)
     assert got.built and sorted(p.name for p in got.path.iterdir()) == ["meta.json", "whole"]
+
+
+def test_modified_sealed_file_is_rebuilt(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    store = Store(tmp_path)
+
+    def build(staging: Path) -> dict:
+        (staging / "disk.qcow2").write_bytes(b"pristine")
+        return {"seal": ["disk.qcow2"]}
+
+    first = store.obtain("convert", "k", build)
+    assert store.obtain("convert", "k", build).built is False
+    # somebody boots the published hardlink read-write
+    (first.path / "disk.qcow2").write_bytes(b"modified")
+    again = store.obtain("convert", "k", build)
+    assert again.built and (again.path / "disk.qcow2").read_bytes() == b"pristine"
+    assert "was modified after it was built" in capsys.readouterr().err
