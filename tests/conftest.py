@@ -168,3 +168,28 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa
     if os.environ.get("CI") and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped in CI (the setup should provide this): {report.longrepr}"
+
+
+def corpus_primaries() -> list[tuple[str, str]]:
+    """(local_path, syntax version named in the PROVENANCE notes, else the default) of every
+    primary kickstart of ../shared/corpus."""
+    import csv
+
+    from ksbake.kickstart import DEFAULT_SYNTAX
+
+    rows = []
+    with open(CORPUS / "PROVENANCE.tsv", newline="") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            if row["role"] != "primary":
+                continue
+            match = re.search(r"pykickstart[\d.]+ -v (\S+):", row["notes"])
+            rows.append((row["local_path"], match.group(1) if match else DEFAULT_SYNTAX))
+    return rows
+
+
+def skip_without_corpus() -> None:
+    if not (CORPUS / "PROVENANCE.tsv").is_file():
+        pytest.skip(
+            f"shared corpus not found at {CORPUS} (the repository is checked out next to shared/)",
+            allow_module_level=True,
+        )

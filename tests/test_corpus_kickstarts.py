@@ -5,41 +5,22 @@ fixed), and each pinned error is checked against the line it names."""
 
 from __future__ import annotations
 
-import csv
-import re
 import warnings
 from pathlib import Path
 
 import pytest
+from conftest import CORPUS, corpus_primaries, skip_without_corpus
 from pykickstart.parser import KickstartParser
 from pykickstart.version import makeVersion
 
 from ksbake.errors import KickstartError
 from ksbake.kickstart import DEFAULT_SYNTAX, canonical_sections, load
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 KICKSTARTS = CORPUS / "kickstarts"
 
-if not (CORPUS / "PROVENANCE.tsv").is_file():
-    pytest.skip(
-        f"shared corpus not found at {CORPUS} (the repository is checked out next to shared/)",
-        allow_module_level=True,
-    )
+skip_without_corpus()
 
-
-def _primaries() -> list[tuple[str, str]]:
-    """(local_path, syntax version named in the notes) of every primary kickstart."""
-    rows = []
-    with open(CORPUS / "PROVENANCE.tsv", newline="") as f:
-        for row in csv.DictReader(f, delimiter="\t"):
-            if row["role"] != "primary":
-                continue
-            match = re.search(r"pykickstart[\d.]+ -v (\S+):", row["notes"])
-            rows.append((row["local_path"], match.group(1) if match else DEFAULT_SYNTAX))
-    return rows
-
-
-PRIMARIES = _primaries()
+PRIMARIES = corpus_primaries()
 
 # (local_path, "default" | "notes") -> (file that is named, line, text on that line,
 # words in the message). Failures independent of the syntax are keyed by both. Anything

@@ -8,25 +8,19 @@ byte-for-byte fixed), and both syntaxes must agree.
 
 from __future__ import annotations
 
-import csv
-import re
 from pathlib import Path
 
 import pytest
+from conftest import CORPUS, corpus_primaries, skip_without_corpus
 
 from ksbake.errors import KickstartError
 from ksbake.kickstart import DEFAULT_SYNTAX, load
 from ksbake.layout import MiB, Plan
 from ksbake.partitions import plan, plan_with_warnings
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 KICKSTARTS = CORPUS / "kickstarts"
 
-if not (CORPUS / "PROVENANCE.tsv").is_file():
-    pytest.skip(
-        f"shared corpus not found at {CORPUS} (the repository is checked out next to shared/)",
-        allow_module_level=True,
-    )
+skip_without_corpus()
 
 MISSING_INCLUDES = {
     "srbala__fedora-kickstarts/fedora-modular-arm-server.ks",
@@ -35,24 +29,7 @@ MISSING_INCLUDES = {
 """Fail to parse even in compat mode (an %include that is not in the corpus)."""
 
 
-def _primaries() -> list[tuple[str, str]]:
-    """(path under kickstarts/, syntax version named in the notes) of every primary."""
-    rows = []
-    with open(CORPUS / "PROVENANCE.tsv", newline="") as f:
-        for row in csv.DictReader(f, delimiter="\t"):
-            if row["role"] != "primary":
-                continue
-            match = re.search(r"pykickstart[\d.]+ -v (\S+):", row["notes"])
-            rows.append(
-                (
-                    row["local_path"].removeprefix("kickstarts/"),
-                    match.group(1) if match else DEFAULT_SYNTAX,
-                )
-            )
-    return rows
-
-
-PRIMARIES = _primaries()
+PRIMARIES = [(path.removeprefix("kickstarts/"), syntax) for path, syntax in corpus_primaries()]
 
 Disk = tuple[str, str, int, list[tuple[int, str | None, str, int, int]]]
 """(name, label, size MiB, [(number, mountpoint, fstype, start MiB, size MiB)])"""
