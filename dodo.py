@@ -4,23 +4,16 @@ Thin on purpose: configuration, then the task creators from tasks/.
 """
 
 from ksbake.report import run_id
+from ksbake.run import setup_logging
 from tasks.appliance import task_appliance  # noqa: F401
 from tasks.boottest import task_boottest  # noqa: F401
 from tasks.common import PATHS, XxhashChecker
 from tasks.gc import task_gc  # noqa: F401
-from tasks.layers import (  # noqa: F401
-    task_bootloader,
-    task_config,
-    task_convert,
-    task_descriptor,
-    task_disks,
-    task_kickstart,
-    task_lock,
-    task_packages,
-    task_publish,
-)
+from tasks.layers import creators
 from tasks.repo import task_repo  # noqa: F401
 
+globals().update(creators())  # task_kickstart ... task_publish, one per layer of the chain
+setup_logging()
 PATHS.cache.mkdir(parents=True, exist_ok=True)
 run_id()  # one id for this doit run, inherited by its worker processes (summary: "cached")
 

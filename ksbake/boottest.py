@@ -13,9 +13,10 @@ from typing import Any
 
 from ksbake import settings
 from ksbake.hashing import canonical_json, write_if_changed
+from ksbake.paths import Paths
 
 
-def boot_settings(paths: Any, name: str) -> dict[str, Any]:
+def boot_settings(paths: Paths, name: str) -> dict[str, Any]:
     """What the boot test reads besides the disks (its doit ``config_changed`` input)."""
     conf = settings.load(name, paths.configs)
     return {
@@ -27,12 +28,14 @@ def boot_settings(paths: Any, name: str) -> dict[str, Any]:
     }
 
 
-def step(paths: Any, name: str) -> None:
-    from ksbake import bootloader, qemu
+def step(paths: Paths, name: str) -> None:
+    from ksbake import qemu
+    from ksbake.store import Store
 
     build = paths.build_dir(name)
     key = json.loads((build / "bootloader.ref").read_text())["key"]
-    directory, result = bootloader.result_of(paths, key)
+    directory = Store(paths.store).object_dir("bootloader", key)
+    result = json.loads((directory / "result.json").read_text())
     disks = [directory / d["file"] for d in result["disks"]]
     names = [d["name"] for d in result["disks"]]
     boot = boot_settings(paths, name)
@@ -60,5 +63,5 @@ def step(paths: Any, name: str) -> None:
     )
 
 
-def boot_log(paths: Any, name: str) -> Path:
+def boot_log(paths: Paths, name: str) -> Path:
     return paths.build_dir(name) / "boot.log"

@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from ksbake.paths import Paths
 from ksbake.report import human, tree_size
 from ksbake.store import META, remove_tree
 
@@ -35,7 +35,9 @@ def objects(store: Path) -> dict[str, Obj]:
     found: dict[str, Obj] = {}
     for meta in sorted((store / "objects").glob(f"*/*/{META}")):
         info = json.loads(meta.read_text())
-        parents = set((info.get("parents") or {}).values())
+        parents: set[str] = set()
+        for value in (info.get("parents") or {}).values():  # a key, or {item: key} (fan-out)
+            parents.update(value.values() if isinstance(value, dict) else [value])
         obj = Obj(
             meta.parent.parent.name, meta.parent.name, meta.parent, meta.stat().st_mtime, parents
         )
@@ -47,22 +49,20 @@ def objects(store: Path) -> dict[str, Obj]:
     return found
 
 
-def referenced(paths: Any) -> set[str]:
+def referenced(paths: Paths) -> set[str]:
     """Keys the appliances of this workspace point at."""
+    from ksbake.runner import ref_keys
+
     keys: set[str] = set()
     for ref in paths.cache.glob("build/*/*.ref"):
-        data = json.loads(ref.read_text())
-        if "key" in data:
-            keys.add(data["key"])
-        keys.update(v["key"] for v in data.values() if isinstance(v, dict) and "key" in v)
-    for state in paths.cache.glob("build/*/lock.state.json"):
-        keys.add(json.loads(state.read_text())["key"])
+        found = ref_keys(json.loads(ref.read_text()))
+        keys.update(found.values() if isinstance(found, dict) else [found])
     if paths.bundled_repo.is_symlink():
         keys.add(paths.bundled_repo.resolve().parent.name)
     return keys
 
 
-def collect(paths: Any, budget: int, *, dry_run: bool = False) -> list[Obj]:
+def collect(paths: Paths, budget: int, *, dry_run: bool = False) -> list[Obj]:
     """Remove least recently used objects until the store fits ``budget`` bytes."""
     found = objects(paths.store)
     keep: set[str] = set()
@@ -98,7 +98,7 @@ def collect(paths: Any, budget: int, *, dry_run: bool = False) -> list[Obj]:
     return removed
 
 
-def step(paths: Any, budget: int, dry_run: bool = False) -> None:
+def step(paths: Paths, budget: int, dry_run: bool = False) -> None:
     removed = collect(paths, budget, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for obj in removed:

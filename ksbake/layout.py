@@ -1,8 +1,9 @@
 """The disk layout plan: what the partition planner produces and the disk layers consume.
 
-Pure data. The planner (``ksbake.partitions``) turns a kickstart's part/clearpart lines and
-the appliance's disk sizes into a ``Plan``; its canonical JSON is the disks layer's input
-(so its key), which is why it holds no file:line locations (reformatting must not change it).
+Pure data. The planner (``ksbake.layers.l1_kickstart.partitions``) turns a kickstart's
+part/clearpart lines and the appliance's disk sizes into a ``Plan``; its canonical JSON is the
+disks layer's input (so its key), which is why it holds no file:line locations (reformatting
+must not change it).
 All offsets and sizes are bytes, aligned to 1 MiB.
 """
 

@@ -138,7 +138,7 @@ FIELDS: dict[str, Field] = {
 
 
 def _formats(value: list[Any]) -> tuple[str, ...]:
-    from ksbake.convert import FORMATS
+    from ksbake.formats import FORMATS
 
     if not value:
         raise ValueError("must name at least one format")

@@ -1,4 +1,4 @@
-"""Safe file access inside a root tree from the host.
+"""Safe file access inside a root tree from the host, and reading a tree through its layers.
 
 ksbake runs as root and writes into trees whose symlinks were made by packages and %post
 scripts. A plain ``open(tree / "etc/hostname", "w")`` follows an absolute symlink like
@@ -9,6 +9,7 @@ the tree were ``/`` (like the kernel does in a chroot), so nothing ever escapes 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -111,3 +112,93 @@ def symlink(root: Path, path: str, target: str) -> None:
     if link.is_symlink() or link.exists():
         link.unlink()
     os.symlink(target, link)
+
+
+class MergedTree:
+    """Read-only view of overlay layers (topmost first) without mounting them.
+
+    Follows overlayfs rules: the topmost entry wins, a 0/0 character device is a whiteout,
+    an opaque directory hides lower layers, and symlinks resolve inside the merged tree.
+    """
+
+    def __init__(self, layers: list[str] | list[Path]) -> None:
+        self.layers = [Path(p) for p in layers]
+
+    @staticmethod
+    def _whiteout(st: os.stat_result) -> bool:
+        return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+    @staticmethod
+    def _opaque(path: Path) -> bool:
+        for name in ("trusted.overlay.opaque", "user.overlay.opaque"):
+            try:
+                if os.getxattr(path, name, follow_symlinks=False) == b"y":
+                    return True
+            except OSError:
+                pass
+        return False
+
+    def _hides_lower(self, layer: Path, parts: list[str]) -> bool:
+        """True when ``layer`` hides lower layers' ``parts`` (a non-directory or opaque dir)."""
+        for i in range(1, len(parts) + 1):
+            path = layer.joinpath(*parts[:i])
+            try:
+                st = os.lstat(path)
+            except OSError:
+                return False
+            if not stat.S_ISDIR(st.st_mode) or self._opaque(path):
+                return True
+        return False
+
+    def _entry(self, parts: list[str]) -> Path | None:
+        """Host path of the topmost entry for a path whose parents have no symlinks."""
+        for layer in self.layers:
+            path = layer.joinpath(*parts)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                st = None
+            if st is not None:
+                return None if self._whiteout(st) else path
+            if self._hides_lower(layer, parts[:-1]):
+                return None
+        return None
+
+    def _resolve(self, path: str) -> list[str] | None:
+        return walk(path, self._entry)
+
+    def find(self, path: str) -> Path | None:
+        """Host path of ``path`` in the merged tree (symlinks followed), or None."""
+        parts = self._resolve(path)
+        if parts is None:
+            return None
+        return self._entry(parts) if parts else self.layers[0]
+
+    def is_file(self, path: str) -> bool:
+        found = self.find(path)
+        return found is not None and found.is_file()
+
+    def listdir(self, path: str) -> list[str]:
+        """Sorted names in a merged directory (empty if it does not exist)."""
+        parts = self._resolve(path)
+        if parts is None:
+            return []
+        names: set[str] = set()
+        hidden: set[str] = set()
+        for layer in self.layers:
+            directory = layer.joinpath(*parts)
+            if directory.is_dir() and not directory.is_symlink():
+                for entry in os.scandir(directory):
+                    if entry.name in names or entry.name in hidden:
+                        continue
+                    if self._whiteout(entry.stat(follow_symlinks=False)):
+                        hidden.add(entry.name)
+                    else:
+                        names.add(entry.name)
+            if self._hides_lower(layer, parts):
+                break
+        return sorted(names)
+
+    def read_text(self, path: str) -> str | None:
+        found = self.find(path)
+        return found.read_text(errors="replace") if found is not None and found.is_file() else None

@@ -15,9 +15,11 @@ import sys
 import traceback
 
 from ksbake.errors import KsbakeError
+from ksbake.run import setup_logging
 
 
 def main(argv: list[str]) -> int:
+    setup_logging()
     function, args_file, result_file = argv
     module_name, _, attr = function.partition(":")
     with open(args_file) as f:

@@ -15,8 +15,8 @@ def _layers(name: str) -> list[str]:
     import json
 
     try:
-        formats = json.loads((PATHS.build_dir(name) / "convert.ref").read_text())
-    except (OSError, ValueError):
+        formats = json.loads((PATHS.build_dir(name) / "convert.ref").read_text())["items"]
+    except (OSError, ValueError, KeyError):
         formats = {}
     return [*LAYERS, *(f"convert-{fmt}" for fmt in formats), "descriptor", "publish"]
 

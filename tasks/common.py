@@ -48,7 +48,7 @@ def objects_intact(layer: str, ref: str) -> bool:
             data = json.load(f)
     except (OSError, ValueError):
         return False
-    keys = [data["key"]] if "key" in data else [v["key"] for v in data.values()]
+    keys = [data["key"]] if "key" in data else [v["key"] for v in data["items"].values()]
     store = Store(PATHS.store)
     return all(store.intact(layer, key) for key in keys)
 

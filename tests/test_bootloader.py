@@ -19,9 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from ksbake import bootloader, qemu
-from ksbake.bootloader import Kernel, MergedTree, grub_cfg, rpmvercmp
+from ksbake import qemu
 from ksbake.errors import BuildError, ToolError
+from ksbake.layers import l6_bootloader as bootloader
+from ksbake.layers.l6_bootloader import fswrite, grubcfg, images, settings
+from ksbake.layers.l6_bootloader import kernels as kernel_list
+from ksbake.layers.l6_bootloader.grubcfg import grub_cfg
+from ksbake.layers.l6_bootloader.kernels import Kernel, rpmvercmp
+from ksbake.treefs import MergedTree
 
 MiB = 1024 * 1024
 ROOT_UUID = "6f1b1c3e-0d6a-4c2e-9a51-3f0e2a7b9c01"
@@ -39,7 +44,7 @@ def _settings(text: str, version: str | None = None) -> dict:
 
     handler = makeVersion(version) if version else makeVersion()
     KickstartParser(handler).readKickstartFromString(text)
-    return bootloader.bootloader_settings(handler)
+    return settings.bootloader_settings(handler)
 
 
 def test_settings_from_kickstart() -> None:
@@ -101,7 +106,7 @@ def test_merged_tree_kernels(tmp_path: Path) -> None:
     if os.geteuid() == 0:
         os.mknod(upper / "boot/vmlinuz-5.10.0-1", stat.S_IFCHR | 0o600, os.makedev(0, 0))
     tree = MergedTree([upper, lower])
-    kernels = bootloader.find_kernels(tree)
+    kernels = kernel_list.find_kernels(tree)
     versions = [k.version for k in kernels]
     expected = ["6.2.0-1", "6.1.0-56-amd64", "6.1.0-9-amd64"]
     if os.geteuid() != 0:
@@ -112,7 +117,7 @@ def test_merged_tree_kernels(tmp_path: Path) -> None:
     )
     assert kernels[2].initrd == "initrd.img-6.1.0-9-amd64"
     assert kernels[0].initrd is None
-    assert bootloader.os_name(tree) == "Lower OS 1"
+    assert kernel_list.os_name(tree) == "Lower OS 1"
 
 
 def test_merged_tree_opaque_dir(tmp_path: Path) -> None:
@@ -188,9 +193,9 @@ def test_grub_cfg_root_only_default_timeout_and_quoting() -> None:
 
 
 def test_grub_password() -> None:
-    hashed = bootloader.grub_password_hash("secret", "seed1")
-    assert hashed == bootloader.grub_password_hash("secret", "seed1")
-    assert hashed != bootloader.grub_password_hash("secret", "seed2")
+    hashed = grubcfg.grub_password_hash("secret", "seed1")
+    assert hashed == grubcfg.grub_password_hash("secret", "seed1")
+    assert hashed != grubcfg.grub_password_hash("secret", "seed2")
     parts = hashed.split(".")
     assert parts[:4] == ["grub", "pbkdf2", "sha512", "10000"]
     salt, digest = bytes.fromhex(parts[4]), bytes.fromhex(parts[5])
@@ -201,9 +206,9 @@ def test_grub_password() -> None:
     assert "secret" not in text
     settings = {"password": "$1$md5$hash", "password_crypted": True}
     with pytest.raises(BuildError, match="grub.pbkdf2"):
-        bootloader._password_hash(settings, "seed")
+        grubcfg._password_hash(settings, "seed")
     settings = {"password": hashed, "password_crypted": True}
-    assert bootloader._password_hash(settings, "seed") == hashed
+    assert grubcfg._password_hash(settings, "seed") == hashed
 
 
 def _disk(name: str, *mounts: str) -> dict:
@@ -267,14 +272,14 @@ def test_unknown_firmware(tmp_path: Path) -> None:
 
 
 def test_missing_grub_modules_names_packages(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(bootloader, "HOST_GRUB_DIRS", (str(tmp_path / "none"),))
+    monkeypatch.setattr(images, "HOST_GRUB_DIRS", (str(tmp_path / "none"),))
     tree = MergedTree([tmp_path])
     for platform, deb, fed in (
         ("i386-pc", "grub-pc-bin", "grub2-pc-modules"),
         ("x86_64-efi", "grub-efi-amd64-bin", "grub2-efi-x64-modules"),
     ):
         with pytest.raises(ToolError) as info:
-            bootloader._module_dir(tree, platform, tmp_path)
+            images._module_dir(tree, platform, tmp_path)
         assert deb in str(info.value) and fed in str(info.value)
 
 
@@ -286,7 +291,7 @@ def test_tree_modules_preferred(tmp_path: Path) -> None:
     _touch(mods / "modinfo.sh", b'grub_package_version="2.12-1.fc40"\n')
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    moddir, description = bootloader._module_dir(MergedTree([tree_dir]), "i386-pc", scratch)
+    moddir, description = images._module_dir(MergedTree([tree_dir]), "i386-pc", scratch)
     assert moddir.parent == scratch and (moddir / "boot.img").is_file()
     assert description == "the tree's modules (/usr/lib/grub/i386-pc, 2.12-1.fc40)"
 
@@ -311,15 +316,15 @@ def test_ext_write_is_reproducible(tmp_path: Path) -> None:
             "32M",
         ],
         check=True,
-        env={**os.environ, "E2FSPROGS_FAKE_TIME": str(bootloader.EPOCH)},
+        env={**os.environ, "E2FSPROGS_FAKE_TIME": str(fswrite.EPOCH)},
     )
     part = {"start": MiB, "size": 32 * MiB, "fstype": "ext4"}
     digests = []
     for i in range(2):
         copy = tmp_path / f"copy{i}.raw"
         shutil.copyfile(base, copy)
-        bootloader.write_into_fs(copy, part, "/boot/grub/grub.cfg", b"set x=1\n", tmp=tmp_path)
-        bootloader.write_into_fs(copy, part, "/boot/grub/grub.cfg", b"set x=2\n", tmp=tmp_path)
+        fswrite.write_into_fs(copy, part, "/boot/grub/grub.cfg", b"set x=1\n", tmp=tmp_path)
+        fswrite.write_into_fs(copy, part, "/boot/grub/grub.cfg", b"set x=2\n", tmp=tmp_path)
         digests.append(hashlib.sha256(copy.read_bytes()).hexdigest())
     assert digests[0] == digests[1]
     out = subprocess.run(
@@ -354,13 +359,13 @@ def test_fat_write(tmp_path: Path) -> None:
         capture_output=True,
     )
     part = {"start": MiB, "size": 36 * MiB, "fstype": "efi"}
-    bootloader.write_into_fs(image, part, "/EFI/BOOT/BOOTX64.EFI", b"MZ-one", tmp=tmp_path)
-    bootloader.write_into_fs(image, part, "/EFI/BOOT/BOOTX64.EFI", b"MZ-two", tmp=tmp_path)
+    fswrite.write_into_fs(image, part, "/EFI/BOOT/BOOTX64.EFI", b"MZ-one", tmp=tmp_path)
+    fswrite.write_into_fs(image, part, "/EFI/BOOT/BOOTX64.EFI", b"MZ-two", tmp=tmp_path)
     out = subprocess.run(
         ["mtype", "-i", f"{image}@@{MiB}", "::EFI/BOOT/BOOTX64.EFI"],
         capture_output=True,
         check=True,
-        env=bootloader._mtools_env(),
+        env=fswrite._mtools_env(),
     ).stdout
     assert out == b"MZ-two"
 
@@ -382,11 +387,11 @@ def test_xfs_write_through_loop_mount(tmp_path: Path) -> None:
         check=True,
     )
     part = {"start": MiB, "size": 320 * MiB, "fstype": "xfs"}
-    bootloader.write_into_fs(image, part, "/grub/grub.cfg", b"set x=3\n", tmp=tmp_path)
+    fswrite.write_into_fs(image, part, "/grub/grub.cfg", b"set x=3\n", tmp=tmp_path)
     loops = subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True)
     assert loops.stdout.strip() == "", "the loop device was not released"
     mnt = tmp_path / "check"
-    with bootloader._loop_mount(image, part, "xfs", mnt):
+    with fswrite._loop_mount(image, part, "xfs", mnt):
         assert (mnt / "grub/grub.cfg").read_bytes() == b"set x=3\n"
         assert stat.S_IMODE((mnt / "grub/grub.cfg").stat().st_mode) == 0o644
     assert not os.path.ismount(mnt)
@@ -416,7 +421,7 @@ class Built:
 
 
 def _mkfs(image: Path, start: int, size: int, part: Part, content: Path | None) -> None:
-    env = {**os.environ, "E2FSPROGS_FAKE_TIME": str(bootloader.EPOCH)}
+    env = {**os.environ, "E2FSPROGS_FAKE_TIME": str(fswrite.EPOCH)}
     if part.fstype in ("ext2", "ext3", "ext4"):
         argv = [
             f"mkfs.{part.fstype}",

@@ -238,10 +238,10 @@ def test_killed_install_is_rebuilt_cleanly(workspace: Workspace) -> None:
     text = text.replace("%packages", "%packages --excludedocs --instLangs=de")
     workspace.write("demo.ks", text)
     ok(workspace.doit("lock:demo"))
-    lock_text = (workspace.cache / "build/demo/lock.json").read_text()
-    from ksbake.packages import key_for, tool_versions
+    from ksbake.paths import Paths
+    from ksbake.runner import current_key
 
-    key = key_for(lock_text, tool_versions())
+    key = current_key(Paths.from_env(environ=workspace.environ()), "demo", "packages")
     if (workspace.store / "objects/packages" / key).exists():  # from an earlier local run
         subprocess.run(["rm", "-rf", str(workspace.store / "objects/packages" / key)], check=True)
     proc = workspace.spawn("packages:demo")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import Workspace, demo_kickstart, object_file
 
-from ksbake.config import password_field, sha512_crypt
+from ksbake.layers.l4_config import password_field, sha512_crypt
 
 CRYPTED = (
     "$6$fixedsalt$VQ7JOx3c/KmGkZqRnv0.Pq6JK.D1bZlq1sJ6kX5sGUBn1yZLZ3Qz8S0z9vI1Nq2yDd0Kc1I8x0g"
@@ -124,7 +124,7 @@ def test_network_keyfiles() -> None:
     from pykickstart.parser import KickstartParser
     from pykickstart.version import makeVersion
 
-    from ksbake.config import nm_keyfile
+    from ksbake.layers.l4_config import nm_keyfile
 
     handler = makeVersion("F40")
     KickstartParser(handler).readKickstartFromString(
@@ -142,7 +142,7 @@ def test_selinux_mode_and_relabel(tmp_path: Path) -> None:
     from pykickstart.parser import KickstartParser
     from pykickstart.version import makeVersion
 
-    from ksbake.config import apply_security
+    from ksbake.layers.l4_config import apply_security
 
     (tmp_path / "etc/selinux").mkdir(parents=True)
     (tmp_path / "etc/selinux/config").write_text("SELINUX=disabled\nSELINUXTYPE=targeted\n")

@@ -15,8 +15,8 @@ from conftest import CORPUS, corpus_primaries, skip_without_corpus
 
 from ksbake.errors import KickstartError
 from ksbake.kickstart import DEFAULT_SYNTAX, load
+from ksbake.layers.l1_kickstart.partitions import plan, plan_with_warnings
 from ksbake.layout import MiB, Plan
-from ksbake.partitions import plan, plan_with_warnings
 
 KICKSTARTS = CORPUS / "kickstarts"
 

@@ -21,8 +21,10 @@ from typing import Any
 
 import pytest
 
-from ksbake import disks, sandbox
+from ksbake import sandbox
 from ksbake.errors import BuildError
+from ksbake.layers import l5_disks as disks
+from ksbake.layers.l5_disks import ext, model, sparse, split, table
 from ksbake.layout import DiskPlan, MiB, PartitionPlan, Plan
 
 TOOLS = ("mkfs.ext4", "debugfs", "dumpe2fs", "mkfs.vfat", "mcopy", "mdir", "mkswap", "blkid")
@@ -139,7 +141,7 @@ def leftovers(tmp_path: Path) -> list[str]:
 def build(plan: Plan, layers: list[Path], out: Path, seed: str = "00ff" * 8) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     return sandbox.call(
-        "ksbake.disks:build",
+        "ksbake.layers.l5_disks:make_disks",
         {
             "plan": plan.to_dict(),
             "layers": [str(p) for p in layers],
@@ -670,9 +672,9 @@ def test_esp_symlinks_resolve_inside_the_tree(tmp_path: Path, layers: list[Path]
 # -- fast: pure functions ------------------------------------------------------------------
 
 
-def _fs(disk: DiskPlan, number: int) -> disks.Fs:
-    fs = disks.Fs(disk, next(p for p in disk.partitions if p.number == number), Path("x.raw"))
-    disks._assign_ids(fs, disks.Ids("seed"))
+def _fs(disk: DiskPlan, number: int) -> model.Fs:
+    fs = model.Fs(disk, next(p for p in disk.partitions if p.number == number), Path("x.raw"))
+    table._assign_ids(fs, model.Ids("seed"))
     return fs
 
 
@@ -689,7 +691,7 @@ def test_fstab_lines() -> None:
         ),
     )
     fss = [_fs(disk, n) for n in (1, 2, 3, 4)]
-    text = disks.fstab_text(Plan(disks=(disk,)), fss)
+    text = split.fstab_text(Plan(disks=(disk,)), fss)
     rows = [line.split() for line in text.splitlines() if not line.startswith("#")]
     assert [r[1] for r in rows] == ["/", "/boot", "/boot/efi", "none"]  # parents first
     assert rows[0][2:] == ["xfs", "noatime", "0", "0"]
@@ -700,8 +702,8 @@ def test_fstab_lines() -> None:
 
 
 def test_ids_are_derived_from_the_seed() -> None:
-    a, b = disks.Ids("k1"), disks.Ids("k2")
-    assert a.fs_uuid("sda", 1) == disks.Ids("k1").fs_uuid("sda", 1)
+    a, b = model.Ids("k1"), model.Ids("k2")
+    assert a.fs_uuid("sda", 1) == model.Ids("k1").fs_uuid("sda", 1)
     assert a.fs_uuid("sda", 1) != a.fs_uuid("sda", 2) != b.fs_uuid("sda", 2)
     assert uuid.UUID(a.fs_uuid("sda", 1)).version == 4
     assert a.msdos_id("sda") != a.msdos_id("sdb")
@@ -752,12 +754,12 @@ def test_measure_counts_hardlinks_once_and_finds_symlinks(tmp_path: Path) -> Non
     os.link(root / "d/f", root / "d/g")
     os.symlink("f", root / "d/s")
     os.symlink("x" * 80, root / "long")
-    c = disks.measure(root)
+    c = split.measure(root)
     assert c.inodes == 4  # d, f(=g), s, long
     assert c.apparent == 5000
     assert c.long_symlinks == 1
     assert sorted(kind for _, kind in c.unusual) == ["symlink", "symlink"]
-    assert disks.ext_blocks(c, 4096, True) == 2 + 2 + 1  # file, two dirs, long symlink
+    assert ext.ext_blocks(c, 4096, True) == 2 + 2 + 1  # file, two dirs, long symlink
 
 
 def test_splice_keeps_holes(tmp_path: Path) -> None:
@@ -773,7 +775,7 @@ def test_splice_keeps_holes(tmp_path: Path) -> None:
         f.write(b"B" * 100)
     with open(dst, "wb") as f:
         f.truncate(16 * MiB)
-    disks.splice(src, dst, 4 * MiB)
+    sparse.splice(src, dst, 4 * MiB)
     data = dst.read_bytes()
     assert data[5 * MiB : 5 * MiB + 4096] == b"A" * 4096
     assert data[11 * MiB : 11 * MiB + 100] == b"B" * 100
@@ -786,7 +788,7 @@ def test_too_big_message_when_mkfs_runs_out() -> None:
     fs = _fs(disk, 1)
     fs.capacity, fs.need = 45 * MiB, 44 * MiB
     fs.content.apparent = 40 * MiB
-    err = disks._too_big_error([fs], ran_out=True)
+    err = model._too_big_error([fs], ran_out=True)
     assert "/ (ext4, sda partition 1) does not fit" in str(err)
     assert "need more than 50 MiB, the partition has 50 MiB" in str(err)
     assert err.hint and "--size" in err.hint

@@ -11,8 +11,8 @@ import pytest
 
 from ksbake.errors import ConfigError, KickstartError
 from ksbake.kickstart import Kickstart, load
+from ksbake.layers.l1_kickstart.partitions import extended_partition, plan, plan_with_warnings
 from ksbake.layout import DiskPlan, MiB, PartitionPlan, Plan
-from ksbake.partitions import extended_partition, plan, plan_with_warnings
 
 
 def _ks(tmp_path: Path, text: str, name: str = "t.ks") -> Kickstart:

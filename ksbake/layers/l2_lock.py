@@ -15,19 +15,19 @@ Runs in a worker process (``ksbake.sandbox``): dnf keeps global state.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ksbake.errors import PackageError
-from ksbake.hashing import canonical_json, file_digest, layer_key
-from ksbake.store import Store
+from ksbake.hashing import canonical_json, file_digest
+from ksbake.paths import Paths
+from ksbake.runner import Job
 
-CODE_VERSION = 1
 LOCK_FORMAT = 1
 BUNDLED_VAR = "ksbake_repo"
 
@@ -45,14 +45,6 @@ class RepoSpec:
     cost: int | None
     sslverify: bool
     proxy: str | None
-
-
-def tool_versions() -> dict[str, str]:
-    """Versions of the depsolver: a different dnf/libsolv may resolve differently."""
-    import dnf.const
-    import hawkey
-
-    return {"dnf": dnf.const.VERSION, "hawkey": getattr(hawkey, "VERSION", "")}
 
 
 def expand(url: str | None, bundled_repo: str) -> str | None:
@@ -305,83 +297,89 @@ def _select_groups(base: Any, ksdata: Any, ignoremissing: bool, warn: list[str])
     return names
 
 
-def resolve(
-    ks_text: str,
-    syntax: str,
-    settings: dict[str, Any],
-    bundled_repo: str,
-    store: str,
-    dnf_cache: str,
-) -> dict[str, Any]:
-    """Worker entry point: load metadata, compute the lock key, depsolve unless stored.
+@dataclass
+class _Session:
+    """The dnf state of one lock worker: ``metadata`` loads it, ``resolve`` uses it."""
 
-    Returns ``{"key", "lock_path", "built", "repos": {id: digest}, "warnings": [...]}``.
-    """
-    import dnf.exceptions
+    base: Any
+    tmp: tempfile.TemporaryDirectory[str]
+    handler: Any
 
+
+_SESSION: dict[str, _Session] = {}
+
+
+def _session(job: Job) -> _Session:
     from ksbake.kickstart import parse_fragment
 
-    handler = parse_fragment(ks_text, syntax)
+    if job.layer in _SESSION:
+        return _SESSION[job.layer]
+    inputs = job.inputs
+    handler = parse_fragment(inputs["ks"], inputs["syntax"])
     ksdata = handler.packages
-    repos = repo_specs(handler, settings.get("mirrors", {}), bundled_repo)
-    releasever, basearch = settings["releasever"], settings["basearch"]
-    excluded = list(ksdata.excludedList)
-    warnings: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="ksbake-lock-") as tmp:
-        root = Path(tmp) / "root"
-        root.mkdir()
-        base = make_base(
-            installroot=root,
-            cachedir=Path(dnf_cache),
-            persistdir=Path(tmp) / "persist",
-            logdir=Path(tmp) / "log",
-            releasever=releasever,
-            basearch=basearch,
-            repos=repos,
-            excludepkgs=excluded,
-            install_weak_deps=not ksdata.excludeWeakdeps,
-        )
-        try:
-            print(f"Loading metadata of {len(repos)} repositories", flush=True)
-            load_metadata(base)
-            digests = metadata_digests(base)
-            key = layer_key(
-                "lock",
-                CODE_VERSION,
-                {
-                    "ks": ks_text,
-                    "syntax": syntax,
-                    "settings": settings,
-                    "repos": [spec.__dict__ | {"baseurl": list(spec.baseurl)} for spec in repos],
-                    "metadata": {k: v["digest"] for k, v in digests.items()},
-                    "tools": tool_versions(),
-                },
-            )
+    settings = inputs["settings"]
+    paths = job.workspace()
+    tmp = tempfile.TemporaryDirectory(prefix="ksbake-lock-")
+    root = Path(tmp.name) / "root"
+    root.mkdir()
+    base = make_base(
+        installroot=root,
+        cachedir=paths.dnf_cache,
+        persistdir=Path(tmp.name) / "persist",
+        logdir=Path(tmp.name) / "log",
+        releasever=settings["releasever"],
+        basearch=settings["basearch"],
+        repos=repo_specs(handler, settings.get("mirrors", {}), str(paths.bundled_repo)),
+        excludepkgs=list(ksdata.excludedList),
+        install_weak_deps=not ksdata.excludeWeakdeps,
+    )
+    _SESSION[job.layer] = _Session(base, tmp, handler)
+    return _SESSION[job.layer]
 
-            def build(staging: Path) -> dict[str, Any]:
-                lock = _depsolve(base, ksdata, excluded, warnings)
-                lock |= {"format": LOCK_FORMAT, "releasever": releasever, "basearch": basearch}
-                (staging / "lock.json").write_text(canonical_json(lock) + "\n")
-                return {"repos": digests, "warnings": warnings}
 
-            obtained = Store(Path(store)).obtain("lock", key, build)
-        except dnf.exceptions.Error as exc:
-            raise PackageError(f"dnf: {exc}") from None
-        finally:
-            base.close()
-    for spec in repos:
-        digests.get(spec.name, {})["spec"] = spec.__dict__ | {  # type: ignore[assignment]
-            "baseurl": list(spec.baseurl),
-            "includepkgs": list(spec.includepkgs),
-            "excludepkgs": list(spec.excludepkgs),
-        }
+def metadata(job: Job) -> dict[str, Any]:
+    """The layer's ``discover``: load every repository's metadata (once, in this worker) and
+    return what goes into the key besides the kickstart: the repositories as dnf sees them and
+    a checksum of each one's metadata, so that a nightly re-lock notices an updated repo."""
+    session = _session(job)
+    settings = job.inputs["settings"]
+    bundled = str(job.workspace().bundled_repo)
+    repos = repo_specs(session.handler, settings.get("mirrors", {}), bundled)
+    print(f"Loading metadata of {len(repos)} repositories", flush=True)
+    load_metadata(session.base)
     return {
-        "key": key,
-        "lock_path": str(obtained.path / "lock.json"),
-        "built": obtained.built,
-        "repos": digests,
-        "warnings": obtained.meta.get("warnings", []),
+        "repos": [
+            spec.__dict__
+            | {
+                "baseurl": list(spec.baseurl),
+                "includepkgs": list(spec.includepkgs),
+                "excludepkgs": list(spec.excludepkgs),
+            }
+            for spec in repos
+        ],
+        "metadata": metadata_digests(session.base),
     }
+
+
+def resolve(job: Job) -> dict[str, Any]:
+    """The layer's build (in the worker that ran ``metadata``): depsolve, write lock.json."""
+    import dnf.exceptions
+
+    session = _session(job)
+    ksdata = session.handler.packages
+    settings = job.inputs["settings"]
+    warnings: list[str] = []
+    try:
+        lock = _depsolve(session.base, ksdata, list(ksdata.excludedList), warnings)
+    except dnf.exceptions.Error as exc:
+        raise PackageError(f"dnf: {exc}") from None
+    lock |= {
+        "format": LOCK_FORMAT,
+        "releasever": settings["releasever"],
+        "basearch": settings["basearch"],
+    }
+    (job.stage / "lock.json").write_text(canonical_json(lock) + "\n")
+    return {"warnings": warnings}
 
 
 def _depsolve(base: Any, ksdata: Any, excluded: list[str], warnings: list[str]) -> dict[str, Any]:
@@ -462,65 +460,27 @@ def diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return lines
 
 
-# -- the layer step, run in the build process ----------------------------------------------
+def print_changes(name: str, old_text: str, new_text: str) -> None:
+    """Say which packages moved when a re-lock changed the set (the layer's ``on_export``)."""
+    print(f"lock:{name}: the package set changed:", flush=True)
+    for line in diff(json.loads(old_text), json.loads(new_text)):
+        print(f"  {line}", flush=True)
 
 
-def step(paths: Any, name: str) -> None:
-    """Resolve (in a worker), then publish the lock at ``build/NAME/lock.json`` if it changed."""
-    import json
-    import time
-
-    from ksbake import report, sandbox
-    from ksbake.hashing import write_if_changed
-
-    started = time.monotonic()
-    build = paths.build_dir(name)
-    inputs = json.loads((build / "inputs" / "lock.json").read_text())
-    result = sandbox.call(
-        "ksbake.lock:resolve",
-        {
-            "ks_text": inputs["ks"],
-            "syntax": inputs["syntax"],
-            "settings": inputs["settings"],
-            "bundled_repo": str(paths.bundled_repo),
-            "store": str(paths.store),
-            "dnf_cache": str(paths.dnf_cache),
-        },
-        isolate=False,
-    )
-    for warning in result["warnings"]:  # also when the lock was reused from the store
-        print(f"warning: lock:{name}: {warning}", file=sys.stderr, flush=True)
-    new_text = Path(result["lock_path"]).read_text()
-    lock_file = build / "lock.json"
-    if lock_file.exists() and lock_file.read_text() != new_text:
-        changes = diff(json.loads(lock_file.read_text()), json.loads(new_text))
-        print(f"lock:{name}: the package set changed:", flush=True)
-        for line in changes:
-            print(f"  {line}", flush=True)
-    write_if_changed(lock_file, new_text)
-    write_if_changed(
-        build / "lock.state.json",
-        canonical_json({"key": result["key"], "repos": result["repos"]}) + "\n",
-    )
-    report.record(paths, name, "lock", result["key"], result["built"], time.monotonic() - started)
-
-
-def metadata_unchanged(paths: Any, name: str) -> bool:
+def metadata_unchanged(paths: Paths, name: str) -> bool:
     """doit ``uptodate`` check: False when a repository's metadata may have changed.
 
     Local (file://) repositories are checked by hashing their repomd.xml (cheap). Remote
     repositories are re-read only when asked (``KSBAKE_REFRESH=1``, e.g. nightly), so that a
     kickstart edit-build loop never waits on the network.
     """
-    import json
-
-    state_file = paths.build_dir(name) / "lock.state.json"
-    if not state_file.exists():
+    ref_file = paths.build_dir(name) / "lock.ref"
+    if not ref_file.exists():
         return False
-    state = json.loads(state_file.read_text())
+    ref = json.loads(ref_file.read_text())
     if os.environ.get("KSBAKE_REFRESH"):
         return False
-    for info in state["repos"].values():
+    for info in ref.get("discovered", {}).get("metadata", {}).values():
         local = info.get("repomd")
         if local:
             try:

@@ -18,21 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ksbake.errors import BuildError, PackageError
-from ksbake.hashing import layer_key
-
-CODE_VERSION = 1
-
-
-def tool_versions() -> dict[str, str]:
-    """Versions of the tools whose behaviour shapes the installed tree."""
-    import dnf.const
-    import rpm
-
-    return {"dnf": dnf.const.VERSION, "rpm": rpm.__version__}
-
-
-def key_for(lock_text: str, tools: dict[str, str]) -> str:
-    return layer_key("packages", CODE_VERSION, {"lock": lock_text, "tools": tools})
+from ksbake.paths import Paths
+from ksbake.runner import Job
 
 
 class _Progress:
@@ -48,20 +35,20 @@ class _Progress:
             print(f"  [{len(self.done)}/{self.total}] {name}", flush=True)
 
 
-def install(
-    lock_path: str, repos: list[dict[str, Any]], tree: str, dnf_cache: str
-) -> dict[str, Any]:
-    """Worker entry point (run in a private mount namespace): install the lock into ``tree``."""
+def install(job: Job) -> dict[str, Any]:
+    """The layer's build (a worker in private namespaces): install the lock into ``tree``,
+    downloading from the repositories the lock was resolved against."""
     import dnf
     import dnf.callback
     import dnf.exceptions
     import rpm
 
     from ksbake.chroot import api_filesystems
-    from ksbake.lock import RepoSpec, make_base
+    from ksbake.layers.l2_lock import RepoSpec, load_metadata, make_base
 
-    lock = json.loads(Path(lock_path).read_text())
-    root = Path(tree)
+    lock = json.loads(job.inputs["lock"])
+    repos = job.inputs["lock_ref"]["discovered"]["repos"]
+    root = job.stage / "tree"
     root.mkdir(parents=True, exist_ok=True)
     specs = [
         RepoSpec(
@@ -77,7 +64,7 @@ def install(
     with tempfile.TemporaryDirectory(prefix="ksbake-pkgs-") as tmp:
         base = make_base(
             installroot=root,
-            cachedir=Path(dnf_cache),
+            cachedir=job.workspace().dnf_cache,
             persistdir=root / "var/lib/dnf",
             logdir=Path(tmp) / "log",
             releasever=lock["releasever"],
@@ -91,8 +78,6 @@ def install(
         if opts.get("instlangs") is not None:
             rpm.addMacro("_install_langs", opts["instlangs"] or "none")
         try:
-            from ksbake.lock import load_metadata
-
             load_metadata(base)
             wanted = _mark_exact(base, lock["packages"])
             base.resolve(allow_erasing=False)
@@ -175,49 +160,5 @@ def _mark_exact(base: Any, packages: list[dict[str, Any]]) -> set[str]:
     return wanted
 
 
-# -- the layer step, run in the build process ----------------------------------------------
-
-
-def step(paths: Any, name: str) -> None:
-    """Obtain the tree for this appliance's lock from the store (install it if absent)."""
-    import time
-
-    from ksbake import report, sandbox
-    from ksbake.hashing import canonical_json, write_if_changed
-    from ksbake.store import Store
-
-    started = time.monotonic()
-    build = paths.build_dir(name)
-    lock_text = (build / "lock.json").read_text()
-    state = json.loads((build / "lock.state.json").read_text())
-    repos = [info["spec"] for info in state["repos"].values() if "spec" in info]
-    key = key_for(lock_text, tool_versions())
-
-    def build_tree(staging: Path) -> dict[str, Any]:
-        sandbox.call(
-            "ksbake.packages:install",
-            {
-                "lock_path": str(build / "lock.json"),
-                "repos": repos,
-                "tree": str(staging / "tree"),
-                "dnf_cache": str(paths.dnf_cache),
-            },
-            workdir=staging,
-        )
-        return {"size": report.tree_size(staging / "tree")}
-
-    obtained = Store(paths.store).obtain("packages", key, build_tree)
-    write_if_changed(build / "packages.ref", canonical_json({"key": key}) + "\n")
-    report.record(
-        paths,
-        name,
-        "packages",
-        key,
-        obtained.built,
-        time.monotonic() - started,
-        obtained.meta.get("size"),
-    )
-
-
-def tree_path(paths: Any, key: str) -> Path:
+def tree_path(paths: Paths, key: str) -> Path:
     return paths.store / "objects" / "packages" / key / "tree"

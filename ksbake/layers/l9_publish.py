@@ -17,11 +17,14 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
-from ksbake import convert, report
+from ksbake import report
 from ksbake.errors import BuildError
-from ksbake.hashing import canonical_json
+from ksbake.formats import file_name
+from ksbake.hashing import canonical_json, sha256_file
+from ksbake.layers.l7_convert import records_of
+from ksbake.paths import Paths
+from ksbake.runner import read_ref
 from ksbake.store import Store, remove_tree
 
 AT_FDCWD = -100
@@ -45,18 +48,18 @@ def _link(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)  # out/ on another filesystem than the store
 
 
-def files_to_publish(paths: Any, name: str) -> dict[str, tuple[Path, str | None]]:
+def files_to_publish(paths: Paths, name: str) -> dict[str, tuple[Path, str | None]]:
     """published name -> (source file, sha256; None for the lock, a small per-workspace
     file hashed when published)."""
     build = paths.build_dir(name)
     store = Store(paths.store)
-    files: dict[str, tuple[Path, str]] = {}
-    for fmt, ref in json.loads((build / "convert.ref").read_text()).items():
-        directory, records = convert.records_of(paths, ref["key"])
-        for rec in records:
-            published = convert.file_name(name, rec["disk"], fmt, ref["options"])
+    files: dict[str, tuple[Path, str | None]] = {}
+    for fmt, item in read_ref(paths, name, "convert")["items"].items():
+        directory = store.object_dir("convert", item["key"])
+        for rec in records_of(directory):
+            published = file_name(name, rec["disk"], fmt, item["inputs"]["options"])
             files[published] = (directory / rec["object_file"], rec["sha256"])
-    desc_key = json.loads((build / "descriptor.ref").read_text())["key"]
+    desc_key = read_ref(paths, name, "descriptor")["key"]
     desc_dir = store.object_dir("descriptor", desc_key)
     for file, digest in json.loads((desc_dir / "result.json").read_text()).items():
         files[file] = (desc_dir / file, digest)
@@ -65,7 +68,7 @@ def files_to_publish(paths: Any, name: str) -> dict[str, tuple[Path, str | None]
     return files
 
 
-def current(paths: Any, name: str) -> bool:
+def current(paths: Paths, name: str) -> bool:
     """doit ``uptodate`` check: every published disk and descriptor is still a hardlink of the
     current store object (an object rebuilt after a read-write boot gets published again)."""
     final = paths.out / name
@@ -80,11 +83,9 @@ def current(paths: Any, name: str) -> bool:
         return False
 
 
-def step(paths: Any, name: str) -> None:
+def step(paths: Paths, name: str) -> None:
     """Publish ``out/NAME/``: disks, descriptors, the package manifest, SHA256SUMS."""
     started = time.monotonic()
-    from ksbake.descriptors import sha256_file
-
     files = {
         f: (src, digest or sha256_file(src))
         for f, (src, digest) in files_to_publish(paths, name).items()

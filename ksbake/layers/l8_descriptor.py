@@ -13,13 +13,13 @@ image's, never the build host's, which was one of appliance-creator's bugs).
 - ``ovf_xml`` / ``ovf_manifest`` / ``write_ova``: an OVF 1.0 package that both VMware and
   VirtualBox import.
 
-The only I/O here is ``describe_disk`` (size and checksum of a converted disk) and
-``write_ova`` (packs files the caller already wrote).
+The XML writers are pure; the I/O is ``write_ova`` (packs files the caller already wrote) and
+``build``, the layer's build, which reads the convert layer's records (sizes and digests are
+probed by the layer that wrote the images, never here).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -33,22 +33,13 @@ from typing import Any
 from lxml import etree
 
 from ksbake.errors import ConfigError
-from ksbake.run import run
+from ksbake.formats import FORMATS, LIBVIRT_FORMATS, OVF_FORMATS, VIRT_IMAGE_FORMATS, file_name
+from ksbake.hashing import sha256_file
+from ksbake.layers.l7_convert import records_of
+from ksbake.runner import Job
 
 KiB = 1024
 MiB = 1024 * 1024
-
-FORMATS = ("raw", "qcow2", "vmdk", "vdi", "vhdx")
-"""Disk formats the convert layer can produce."""
-
-VIRT_IMAGE_FORMATS = ("raw", "qcow2", "vmdk", "vdi")
-"""Formats virtinst's ImageParser accepted (also iso, qcow); image.rng allows only raw (and iso)."""
-
-LIBVIRT_FORMATS = ("raw", "qcow2", "vmdk", "vdi")
-"""Formats libvirt's ``<driver type>`` accepts (libvirt 9.0 storagecommon.rng has no vhdx)."""
-
-OVF_FORMATS = ("vmdk",)
-"""OVF Disk formats VMware and VirtualBox both import (a streamOptimized vmdk)."""
 
 ARCHES = ("x86_64", "i686", "aarch64")
 
@@ -615,62 +606,24 @@ def write_ova(
     return out
 
 
-# --------------------------------------------------------------------------- disks
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, streamed (disk images are large)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def describe_disk(disk: str, path: str | os.PathLike[str], fmt: str) -> DiskImage:
-    """A ``DiskImage`` for a converted disk file: virtual size from qemu-img, size, sha256."""
-    proc = run(
-        ["qemu-img", "info", "--output=json", "-f", fmt, os.fspath(path)],
-        what=f"reading the size of {path}",
-    )
-    info = json.loads(proc.stdout)
-    return DiskImage(
-        disk=disk,
-        file=Path(path).name,
-        format=fmt,
-        virtual_size=int(info["virtual-size"]),
-        file_size=Path(path).stat().st_size,
-        sha256=sha256_file(path),
-    )
-
-
-# -- the layer step, run in the build process ----------------------------------------------
-
-CODE_VERSION = 2  # 2: sealed output files
+# -- the layer's build --------------------------------------------------------------------
 
 
 def appliance_for(
-    paths: Any,
-    name: str,
-    inputs: dict[str, Any],
-    refs: dict[str, Any],
-    fmt: str,
-    boot_disk: str | None,
+    inputs: dict[str, Any], fmt: str, item: dict[str, Any], boot_disk: str | None
 ) -> Appliance:
-    """The ``Appliance`` describing the published ``fmt`` disks of ``name``."""
-    from ksbake import convert
-
-    _, records = convert.records_of(paths, refs[fmt]["key"])
+    """The ``Appliance`` describing the published ``fmt`` disks (``item``: the convert
+    object of that format, as the job's parent)."""
     disks = tuple(
         DiskImage(
             disk=r["disk"],
-            file=convert.file_name(name, r["disk"], fmt, refs[fmt]["options"]),
+            file=file_name(inputs["name"], r["disk"], fmt, item["inputs"]["options"]),
             format=fmt,
             virtual_size=r["virtual_size"],
             file_size=r["file_size"],
             sha256=r["sha256"],
         )
-        for r in records
+        for r in records_of(Path(item["dir"]))
     )
     return Appliance(
         name=inputs["name"],
@@ -686,68 +639,50 @@ def appliance_for(
     )
 
 
-def step(paths: Any, name: str) -> None:
-    """Obtain the descriptors: NAME.xml (virt-image), NAME.libvirt.xml, and for vmdk disks
-    NAME.ovf + NAME.mf (+ NAME.ova when asked)."""
-    import time
+def _boot_disk(convert_dir: Path) -> str | None:
+    """The disk GRUB went on, from the bootloader object the converted disks came from."""
+    meta = json.loads((convert_dir / "meta.json").read_text())
+    bootloader = convert_dir.parent.parent / "bootloader" / meta["parents"]["bootloader"]
+    disk: str | None = json.loads((bootloader / "result.json").read_text()).get("boot_disk")
+    return disk
 
-    from ksbake import bootloader, convert, report
-    from ksbake.hashing import canonical_json, layer_key, write_if_changed
-    from ksbake.store import Store
 
-    started = time.monotonic()
-    build = paths.build_dir(name)
-    inputs = json.loads((build / "inputs" / "descriptor.json").read_text())
-    refs = json.loads((build / "convert.ref").read_text())
-    bl_key = json.loads((build / "bootloader.ref").read_text())["key"]
-    boot_disk = bootloader.result_of(paths, bl_key)[1].get("boot_disk")
-    out_dir = paths.out / name
-    key = layer_key(
-        "descriptor",
-        CODE_VERSION,
-        {"inputs": inputs, "out_dir": str(out_dir), "boot_disk": boot_disk},
-        {f"convert-{fmt}": ref["key"] for fmt, ref in refs.items()},
+def build(job: Job) -> dict[str, Any]:
+    """The layer's build: NAME.xml (virt-image), NAME.libvirt.xml, and for streamOptimized
+    vmdk disks NAME.ovf + NAME.mf (+ NAME.ova when asked)."""
+    inputs, converted, staging = job.inputs, job.parents["convert"], job.stage
+    name, out_dir = inputs["name"], Path(inputs["out_dir"])
+    primary = inputs["primary"]
+    boot_disk = _boot_disk(Path(converted[primary]["dir"]))
+    app = appliance_for(inputs, primary, converted[primary], boot_disk)
+    (staging / f"{name}.xml").write_bytes(virt_image_xml(app))
+    domain = libvirt_domain_xml(
+        app,
+        [out_dir / d.file for d in app.disks],
+        domain_type="kvm" if inputs["accel"] == "kvm" else "qemu",
     )
-
-    def build_descriptors(staging: Path) -> dict[str, Any]:
-        primary = inputs["primary"]
-        app = appliance_for(paths, name, inputs, refs, primary, boot_disk)
-        (staging / f"{name}.xml").write_bytes(virt_image_xml(app))
-        domain = libvirt_domain_xml(
-            app,
-            [out_dir / d.file for d in app.disks],
-            domain_type="kvm" if inputs["accel"] == "kvm" else "qemu",
+    (staging / f"{name}.libvirt.xml").write_bytes(domain)
+    vmdk = converted.get("vmdk")
+    if vmdk and vmdk["inputs"]["options"].get("subformat") == "streamOptimized":
+        ovf_app = appliance_for(inputs, "vmdk", vmdk, boot_disk)
+        ovf = staging / f"{name}.ovf"
+        ovf.write_bytes(ovf_xml(ovf_app))
+        sums = {ovf.name: sha256_file(ovf)} | {d.file: d.sha256 for d in ovf_app.disks}
+        mf = staging / f"{name}.mf"
+        mf.write_text(ovf_manifest(sums))
+        if inputs["ova"]:
+            records = records_of(Path(vmdk["dir"]))
+            with tempfile.TemporaryDirectory(dir=staging) as tmp:
+                for d, r in zip(ovf_app.disks, records, strict=True):
+                    os.link(Path(vmdk["dir"]) / r["object_file"], Path(tmp) / d.file)
+                order = ovf_references(ovf.read_bytes())  # disks go in References order
+                links = [Path(tmp) / f for f in order if f != mf.name]
+                write_ova(ovf, links, mf, staging / f"{name}.ova")
+    elif inputs["ova"]:
+        raise ConfigError(
+            f"ova = true needs streamOptimized vmdk disks (formats of {name})",
+            hint='add "vmdk" to formats and keep vmdk_subformat = "streamOptimized"',
         )
-        (staging / f"{name}.libvirt.xml").write_bytes(domain)
-        vmdk = refs.get("vmdk")
-        if vmdk and vmdk["options"].get("subformat") == "streamOptimized":
-            ovf_app = appliance_for(paths, name, inputs, refs, "vmdk", boot_disk)
-            ovf = staging / f"{name}.ovf"
-            ovf.write_bytes(ovf_xml(ovf_app))
-            sums = {ovf.name: sha256_file(ovf)} | {d.file: d.sha256 for d in ovf_app.disks}
-            mf = staging / f"{name}.mf"
-            mf.write_text(ovf_manifest(sums))
-            if inputs["ova"]:
-                directory, records = convert.records_of(paths, vmdk["key"])
-                with tempfile.TemporaryDirectory(dir=staging) as tmp:
-                    for d, r in zip(ovf_app.disks, records, strict=True):
-                        os.link(directory / r["object_file"], Path(tmp) / d.file)
-                    order = ovf_references(ovf.read_bytes())  # disks go in References order
-                    links = [Path(tmp) / f for f in order if f != mf.name]
-                    write_ova(ovf, links, mf, staging / f"{name}.ova")
-        elif inputs["ova"]:
-            raise ConfigError(
-                f"ova = true needs streamOptimized vmdk disks (formats of {name})",
-                hint='add "vmdk" to formats and keep vmdk_subformat = "streamOptimized"',
-            )
-        files = {p.name: sha256_file(p) for p in staging.iterdir() if p.is_file()}
-        (staging / "result.json").write_text(json.dumps(files, indent=1, sort_keys=True))
-        return {
-            "files": sorted(files),
-            "seal": sorted(files),
-            "parents": {f"convert-{fmt}": ref["key"] for fmt, ref in refs.items()},
-        }
-
-    obtained = Store(paths.store).obtain("descriptor", key, build_descriptors)
-    write_if_changed(build / "descriptor.ref", canonical_json({"key": key}) + "\n")
-    report.record(paths, name, "descriptor", key, obtained.built, time.monotonic() - started)
+    files = {p.name: sha256_file(p) for p in staging.iterdir() if p.is_file()}
+    (staging / "result.json").write_text(json.dumps(files, indent=1, sort_keys=True))
+    return {"files": sorted(files), "seal": sorted(files)}

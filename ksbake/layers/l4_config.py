@@ -16,30 +16,25 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from ksbake import treefs
 from ksbake.errors import BuildError
-from ksbake.hashing import layer_key
-from ksbake.run import run
+from ksbake.run import probe, run
+from ksbake.runner import Job
 
-CODE_VERSION = 3  # 2: network device keyfiles; 3: /.autorelabel
+log = logging.getLogger("ksbake")
+
 CHROOT_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/root",
     "LANG": "C.UTF-8",
     "TERM": "dumb",
 }
-
-
-def key_for(ks_text: str, syntax: str, packages_key: str) -> str:
-    return layer_key(
-        "config", CODE_VERSION, {"ks": ks_text, "syntax": syntax}, {"packages": packages_key}
-    )
 
 
 # -- passwords ------------------------------------------------------------------------------
@@ -353,9 +348,7 @@ def run_post_scripts(root: Path, handler: Any, ks_dir: str) -> None:
             env = {**os.environ, "INSTALL_ROOT": str(root)}
             cwd = ks_dir
         env["SOURCE_DATE_EPOCH"] = os.environ.get("SOURCE_DATE_EPOCH", "0")
-        proc = subprocess.run(
-            argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False
-        )
+        proc = probe(argv, cwd=cwd, env=env)
         output = proc.stdout.decode(errors="replace")
         for line in output.splitlines():
             print(f"  | {line}", flush=True)
@@ -375,97 +368,39 @@ def run_post_scripts(root: Path, handler: Any, ks_dir: str) -> None:
             message = f"{label} failed with exit code {proc.returncode}"
             if script.errorOnFail:
                 raise BuildError(message + (f"; its output:\n{tail}" if tail else "; no output"))
-            print(f"warning: {message} (not --erroronfail: continuing)", file=sys.stderr)
+            log.warning("%s (not --erroronfail: continuing)", message)
 
 
-def configure(
-    ks_text: str, syntax: str, lower: list[str], staging: str, ks_dir: str, seed: str
-) -> dict[str, Any]:
-    """Worker entry point (private mount namespace): build ``staging/upper`` over ``lower``."""
+def configure(job: Job) -> dict[str, Any]:
+    """The layer's build (a worker in private namespaces): ``staging/upper`` over the tree."""
     from ksbake.chroot import api_filesystems, mount_overlay
     from ksbake.kickstart import parse_fragment
     from ksbake.store import remove_tree
 
-    handler = parse_fragment(ks_text, syntax)
-    stage = Path(staging)
+    handler = parse_fragment(job.inputs["ks"], job.inputs["syntax"])
+    stage = job.stage
     merged = stage / "merged"
-    mount_overlay([Path(p) for p in lower], stage / "upper", stage / "work", merged)
+    lower = job.parent_dir("packages") / "tree"
+    mount_overlay([lower], stage / "upper", stage / "work", merged)
     warnings: list[str] = []
     try:
         apply_system(merged, handler, warnings)
-        apply_accounts(merged, handler, seed)
+        apply_accounts(merged, handler, job.key)
         apply_services(merged, handler, warnings)
         apply_security(merged, handler, warnings)
         with api_filesystems(merged):
-            run_post_scripts(merged, handler, ks_dir)
+            run_post_scripts(merged, handler, job.inputs["ks_dir"])
     finally:
         run(["umount", merged])
     remove_tree(stage / "work")
     merged.rmdir()
-    for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
     return {"warnings": warnings}
 
 
-# -- the layer step, run in the build process ----------------------------------------------
-
-
-def step(paths: Any, name: str) -> None:
-    """Obtain the configured tree (an overlay upper dir over the packages tree)."""
+def tree_layers(config_dir: Path) -> list[Path]:
+    """The directories whose overlay is the configured tree of a config object, topmost first:
+    its upper directory over the packages tree it was built on."""
     import json
-    import time
 
-    from ksbake import packages, report, sandbox
-    from ksbake.hashing import canonical_json, write_if_changed
-    from ksbake.store import Store
-
-    started = time.monotonic()
-    build = paths.build_dir(name)
-    packages_key = json.loads((build / "packages.ref").read_text())["key"]
-    inputs = json.loads((build / "inputs" / "config.json").read_text())
-    key = key_for(inputs["ks"], inputs["syntax"], packages_key)
-
-    def build_upper(staging: Path) -> dict[str, Any]:
-        result = sandbox.call(
-            "ksbake.config:configure",
-            {
-                "ks_text": inputs["ks"],
-                "syntax": inputs["syntax"],
-                "lower": [str(packages.tree_path(paths, packages_key))],
-                "staging": str(staging),
-                "ks_dir": inputs["ks_dir"],
-                "seed": key,
-            },
-            workdir=staging,
-        )
-        return {
-            "size": report.tree_size(staging / "upper"),
-            "warnings": result["warnings"],
-            "parents": {"packages": packages_key},
-        }
-
-    obtained = Store(paths.store).obtain("config", key, build_upper)
-    write_if_changed(
-        build / "config.ref", canonical_json({"key": key, "packages": packages_key}) + "\n"
-    )
-    report.record(
-        paths,
-        name,
-        "config",
-        key,
-        obtained.built,
-        time.monotonic() - started,
-        obtained.meta.get("size"),
-    )
-
-
-def layers(paths: Any, config_key: str) -> list[Path]:
-    """The directories whose overlay is the configured tree ``config_key``, topmost first."""
-    from ksbake import packages
-    from ksbake.store import Store
-
-    packages_key = Store(paths.store).read_meta("config", config_key)["parents"]["packages"]
-    return [
-        paths.store / "objects" / "config" / config_key / "upper",
-        packages.tree_path(paths, packages_key),
-    ]
+    packages_key = json.loads((config_dir / "meta.json").read_text())["parents"]["packages"]
+    return [config_dir / "upper", config_dir.parent.parent / "packages" / packages_key / "tree"]

@@ -1,0 +1,205 @@
+"""The chain: one declaration per layer, in build order. Read here what is in each key.
+
+Every layer's key is ``layer_key(name, version, {keyed inputs, discovered, tools}, parents)``
+(``ksbake.runner``); its inputs come from the function named in ``inputs`` (written by the
+kickstart layer to ``build/NAME/inputs/<layer>.json``, so reformatting the kickstart or editing
+another layer's section changes nothing here), from build files (``reads``), from what the
+build ``discover``s at run time, and the parents' keys. The modules beside this file hold the
+build functions; this file imports none of them (a no-op doit run stays fast).
+
+Adding a layer: one ``Layer(...)`` below, one ``build(job) -> meta`` function in its module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ksbake.runner import IN_PROCESS, NAMESPACES, PROCESS, Layer, Source
+
+# -- what each layer reads from the kickstart, the settings and the plan ---------------------
+
+
+def lock_inputs(src: Source) -> dict[str, Any]:
+    """repo/url lines, %packages and its options, releasever/basearch/mirrors."""
+    s = src.ks.sections
+    return {
+        "ks": s["repos"] + s["packages"],
+        "syntax": src.conf.syntax,
+        "settings": src.conf.lock_inputs(),
+    }
+
+
+def config_inputs(src: Source) -> dict[str, Any]:
+    """System commands (lang, keyboard, timezone, rootpw, user, group, sshkey, services,
+    selinux, firewall, network) and %post scripts; ``ks_dir`` is %post --nochroot's cwd."""
+    s = src.ks.sections
+    return {
+        "ks": s["system"] + s["post"],
+        "syntax": src.conf.syntax,
+        "ks_dir": str(src.ks.path.parent),
+    }
+
+
+def disks_inputs(src: Source) -> dict[str, Any]:
+    """The partition plan (no file:line in it: reformatting leaves it alone)."""
+    return {"plan": src.plan.to_dict()}
+
+
+def bootloader_inputs(src: Source) -> dict[str, Any]:
+    from ksbake.layers.l6_bootloader.settings import bootloader_settings
+
+    return {"bootloader": bootloader_settings(src.ks.handler), "firmware": src.conf.firmware}
+
+
+def convert_inputs(src: Source) -> dict[str, Any]:
+    """One entry per output format: that format's own options only."""
+    from ksbake.formats import format_options
+
+    return {
+        "formats": {
+            fmt: {"format": fmt, "options": format_options(fmt, src.conf)}
+            for fmt in src.conf.formats
+        }
+    }
+
+
+def descriptor_inputs(src: Source) -> dict[str, Any]:
+    c = src.conf
+    return {
+        "name": c.name,
+        "version": c.version,
+        "release": c.release,
+        "arch": c.basearch,
+        "vcpus": c.vcpus,
+        "memory": c.memory,
+        "firmware": c.firmware,
+        "accel": c.accel,
+        # one NIC per kickstart network line, as appliance-creator counted them
+        "nics": len(src.ks.handler.network.network),
+        "ova": c.ova,
+        "primary": c.formats[0],
+        "out_dir": src.out_dir,  # the libvirt domain names the published disks' paths
+    }
+
+
+# -- the chain ---------------------------------------------------------------------------------
+
+L = "ksbake.layers."
+CHAIN: tuple[Layer, ...] = (
+    Layer(
+        "kickstart",
+        1,
+        "parse configs/NAME.ks into per-layer inputs",
+        step=L + "l1_kickstart:step",
+        code=(
+            "layers/l1_kickstart",
+            "kickstart",
+            "layout",
+            "settings",
+            "formats",
+            "layers/__init__.py",
+            "layers/l6_bootloader/settings.py",
+        ),
+    ),
+    Layer(
+        "lock",
+        2,
+        "resolve the package set",
+        inputs=lock_inputs,
+        tools=("dnf", "hawkey"),
+        discover=L + "l2_lock:metadata",  # repo metadata checksums: a nightly re-lock
+        build=L + "l2_lock:resolve",
+        isolation=PROCESS,  # dnf keeps global state; discover and build share one dnf start
+        exports=("lock.json",),
+        on_export=L + "l2_lock:print_changes",
+        code=("layers/l2_lock.py",),
+    ),
+    Layer(
+        "packages",
+        1,
+        "install the locked packages",
+        reads={"lock": "lock.json"},  # the lock's content, not its key: same set, same tree
+        context={"lock_ref": "lock.ref"},  # where to download from: not the bytes
+        tools=("dnf", "rpm"),
+        build=L + "l3_packages:install",
+        isolation=NAMESPACES,  # scriptlets chrooted with /proc and /dev mounted
+        code=("layers/l3_packages.py", "chroot"),
+    ),
+    Layer(
+        "config",
+        3,
+        "configure (settings, users, %post)",
+        inputs=config_inputs,
+        unkeyed=("ks_dir",),  # a workspace path: two checkouts share the object
+        parents=("packages",),
+        build=L + "l4_config:configure",
+        isolation=NAMESPACES,  # an overlay over the packages tree, %post chrooted
+        code=("layers/l4_config.py", "chroot", "treefs", "kickstart"),
+    ),
+    Layer(
+        "disks",
+        2,
+        "partitioned raw disks",
+        inputs=disks_inputs,
+        parents=("config",),
+        tools=(
+            "libparted",
+            "e2fsprogs",
+            "xfsprogs",
+            "dosfstools",
+            "mtools",
+            "util-linux",
+            "mke2fs.conf",
+        ),
+        build=L + "l5_disks:build",
+        isolation=NAMESPACES,  # read-only overlays of the tree; xfs needs a loop mount
+        sealed=True,
+        code=("layers/l5_disks", "layout", "treefs"),
+    ),
+    Layer(
+        "bootloader",
+        3,
+        "bootable disks (GRUB for BIOS and/or UEFI)",
+        inputs=bootloader_inputs,
+        parents=("disks",),
+        tools=("grub-mkimage",),
+        build=L + "l6_bootloader:build",
+        isolation=NAMESPACES,  # an xfs /boot is written through a loop mount
+        sealed=True,
+        code=("layers/l6_bootloader", "treefs"),
+    ),
+    Layer(
+        "convert",
+        3,
+        "disk formats (qcow2, vmdk, ...)",
+        inputs=convert_inputs,
+        each="formats",  # one object per format: a format change converts only that one
+        parents=("bootloader",),
+        tools=("qemu-img",),
+        build=L + "l7_convert:build",
+        isolation=IN_PROCESS,
+        sealed=True,
+        code=("layers/l7_convert.py", "formats"),
+    ),
+    Layer(
+        "descriptor",
+        3,
+        "descriptors (virt-image, libvirt, OVF)",
+        inputs=descriptor_inputs,
+        parents=("convert",),
+        build=L + "l8_descriptor:build",
+        isolation=IN_PROCESS,
+        sealed=True,
+        code=("layers/l8_descriptor.py", "formats"),
+    ),
+    Layer(
+        "publish",
+        1,
+        "publish into out/NAME/",
+        step=L + "l9_publish:step",
+        code=("layers/l9_publish.py", "formats"),
+    ),
+)
+
+STORED = tuple(layer for layer in CHAIN if layer.build is not None)
+"""The layers whose outputs are store objects (all but kickstart and publish)."""

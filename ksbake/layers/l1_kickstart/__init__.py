@@ -1,0 +1,81 @@
+"""The kickstart layer: parse the kickstart, split it into per-layer input files.
+
+Each stored layer with an ``inputs`` function (``ksbake.layers``) reads exactly one small file,
+``build/NAME/inputs/<layer>.json``, holding the canonical text (pykickstart's ``str()``) of the
+kickstart sections that layer reads, plus the settings it reads. Files are rewritten only when
+their content changes, so reformatting the kickstart, or editing a section another layer owns,
+leaves a layer's input untouched and doit skips it. Not a store object: its output is those
+files, and the partition plan (``partitions.py``, the planner) among them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from ksbake import report, settings
+from ksbake.hashing import canonical_json, layer_key, write_if_changed
+from ksbake.paths import Paths
+
+log = logging.getLogger("ksbake")
+VERSION = 1
+
+
+def input_layers() -> list[str]:
+    """The layers that read a file of inputs written here."""
+    from ksbake.layers import CHAIN
+
+    return [layer.name for layer in CHAIN if layer.inputs is not None]
+
+
+def files_file(paths: Paths, name: str) -> Path:
+    return paths.build_dir(name) / "kickstart-files.json"
+
+
+def recorded_files(paths: Paths, name: str) -> list[str]:
+    """The kickstart's files (with %includes) as read by the last successful parse."""
+    main = str(paths.kickstart(name))
+    try:
+        files = json.loads(files_file(paths, name).read_text())
+    except (OSError, ValueError):
+        return [main]
+    return [main, *[f for f in files if f != main]]
+
+
+def step(paths: Paths, name: str) -> None:
+    from ksbake import kickstart
+    from ksbake.layers import CHAIN
+    from ksbake.layers.l1_kickstart import partitions
+    from ksbake.runner import Source
+
+    started = time.monotonic()
+    conf = settings.load(name, paths.configs)
+    ks = kickstart.load(paths.kickstart(name), version=conf.syntax, compat=conf.compat)
+    for warning in ks.warnings:
+        log.warning("%s", warning)
+    plan, plan_warnings = partitions.plan_with_warnings(ks, conf.disk_sizes)
+    for warning in plan_warnings:
+        log.warning("%s", warning)
+    build = paths.build_dir(name)
+    source = Source(ks, conf, plan, str(paths.out / name))
+    for layer in CHAIN:
+        if layer.inputs is not None:
+            text = canonical_json(layer.inputs(source)) + "\n"
+            write_if_changed(build / "inputs" / f"{layer.name}.json", text)
+    write_if_changed(files_file(paths, name), json.dumps([str(f) for f in ks.files]) + "\n")
+    key = layer_key("kickstart", VERSION, {"sections": ks.sections, "syntax": conf.syntax})
+    report.record(paths, name, "kickstart", key, True, time.monotonic() - started)
+
+
+def uses_bundled_repo(paths: Paths, name: str) -> bool:
+    """Cheap text check (no parsing) used when doit loads: does the build need ``repo``?"""
+    texts = []
+    for f in [*recorded_files(paths, name), str(paths.settings(name))]:
+        with contextlib.suppress(OSError):
+            texts.append(Path(f).read_text(errors="replace"))
+    texts.append(os.environ.get("KSBAKE_MIRRORS", ""))
+    return any("ksbake_repo" in t for t in texts)

@@ -1,0 +1,95 @@
+"""grub.cfg and the early config embedded in GRUB's images: text only, no I/O."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from ksbake.errors import BuildError
+from ksbake.layers.l6_bootloader.kernels import Kernel
+
+PBKDF2_ITERATIONS = 10000  # grub-mkpasswd-pbkdf2's default
+
+
+def grub_quote(word: str) -> str:
+    """Quote one word for GRUB's script parser (it would expand ``$``, split on ``;``...)."""
+    if word and re.fullmatch(r"[A-Za-z0-9_=,.:/+@%-]+", word):
+        return word
+    return "'" + word.replace("'", "'\\''") + "'"
+
+
+def kernel_cmdline(root_uuid: str, append: str) -> str:
+    """The kernel command line of every entry (``root=UUID``, serial console, ``append``)."""
+    return " ".join(
+        w for w in (f"root=UUID={root_uuid}", "ro", "console=ttyS0,115200", append) if w
+    )
+
+
+def grub_password_hash(password: str, seed: str) -> str:
+    """``grub-mkpasswd-pbkdf2`` output for ``password``, salted from ``seed`` (reproducible)."""
+    salt = hashlib.sha512(f"{seed}:grub-password".encode()).digest()
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, PBKDF2_ITERATIONS, 64)
+    return f"grub.pbkdf2.sha512.{PBKDF2_ITERATIONS}.{salt.hex().upper()}.{digest.hex().upper()}"
+
+
+def grub_cfg(
+    kernels: list[Kernel],
+    *,
+    title: str,
+    boot_uuid: str,
+    root_uuid: str,
+    boot_prefix: str,
+    append: str = "",
+    timeout: int | None = None,
+    password_hash: str | None = None,
+) -> str:
+    """grub.cfg text: serial console, search /boot by UUID, one entry per kernel.
+
+    ``boot_prefix`` is "" when /boot is its own filesystem, "/boot" when it is part of /.
+    """
+    cmdline = " ".join(grub_quote(w) for w in kernel_cmdline(root_uuid, append).split())
+    lines = [
+        "# Written by ksbake: one entry per kernel in the image, newest first.",
+        "serial --unit=0 --speed=115200",
+        "terminal_input serial console",
+        "terminal_output serial console",
+        f"set timeout={5 if timeout is None else int(timeout)}",
+        "set default=0",
+        f"search --no-floppy --fs-uuid --set=root {grub_quote(boot_uuid)}",
+    ]
+    unrestricted = ""
+    if password_hash:
+        lines += ['set superusers="root"', f"password_pbkdf2 root {password_hash}"]
+        unrestricted = " --unrestricted"
+    for kernel in kernels:
+        entry_title = grub_quote(f"{title} ({kernel.version})")
+        entry_id = grub_quote(f"ksbake-{kernel.version}")
+        lines += [
+            "",
+            f"menuentry {entry_title} --id {entry_id}{unrestricted} {{",
+            f"\tlinux {grub_quote(f'{boot_prefix}/{kernel.vmlinuz}')} {cmdline}",
+        ]
+        if kernel.initrd:
+            lines.append(f"\tinitrd {grub_quote(f'{boot_prefix}/{kernel.initrd}')}")
+        lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def early_cfg(boot_uuid: str, prefix: str) -> str:
+    """Config embedded in core.img / BOOTX64.EFI: find the /boot filesystem, set prefix."""
+    return f"search.fs_uuid {boot_uuid} root\nset prefix=($root){prefix}\n"
+
+
+def _password_hash(settings: dict, seed: str) -> str | None:
+    password = settings.get("password")
+    if not password:
+        return None
+    if not settings.get("password_crypted"):
+        return grub_password_hash(password, seed)
+    if password.startswith("grub.pbkdf2.sha512."):
+        return password
+    raise BuildError(
+        "bootloader --iscrypted/--md5pass: GRUB 2 needs a 'grub.pbkdf2.sha512...' hash",
+        hint="make one with grub2-mkpasswd-pbkdf2 (grub-mkpasswd-pbkdf2), or give --password "
+        "in plain text (ksbake hashes it)",
+    )
