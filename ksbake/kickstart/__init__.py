@@ -1,4 +1,5 @@
-"""The kickstart layer: read a .ks and its %include tree into one parsed model.
+"""Kickstarts: read a .ks and its %include tree into one parsed model (used by the kickstart
+layer, and by the lock and config layers to re-parse their own fragments).
 
 Why this module exists instead of calling ``KickstartParser.readKickstart``:
 
@@ -9,18 +10,16 @@ Why this module exists instead of calling ``KickstartParser.readKickstart``:
 * A section left open at the end of an included file silently swallows the rest of the
   including file in pykickstart. We track sections while flattening and refuse that
   (or, in compat mode, close the section with a warning).
-* Real 2008-2014 kickstarts use syntax current pykickstart rejects. A text pass over the
-  flattened lines finds those constructs; strict mode names the first one with its fix,
-  compat mode rewrites them the way appliance-creator effectively treated them.
+* Real 2008-2014 kickstarts use syntax current pykickstart rejects. The rules in
+  ``compat.py`` find those constructs in the flattened lines; strict mode names the first
+  one with its fix, compat mode rewrites them the way appliance-creator treated them.
 * Later layers hash only their own inputs, so each gets one canonical text built from
   pykickstart's ``str()`` of the relevant objects (never raw file text): reformatting the
   kickstart changes no key. The texts are valid kickstart at the same syntax, so a layer
   may re-parse its own text.
 
 ``%include`` and local ``%ksappend`` paths resolve against the including file (never the
-current directory), so a build does not depend on where it is started from. Rewrites only
-touch what the pinned syntax really rejects (checked by parsing the line alone), so a
-kickstart pinned to an old syntax such as F10 keeps its then-valid options.
+current directory), so a build does not depend on where it is started from.
 """
 
 from __future__ import annotations
@@ -30,19 +29,18 @@ import shlex
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from pykickstart import version as ksversion
-from pykickstart.base import BaseHandler, RemovedCommand
+from pykickstart.base import BaseHandler
 from pykickstart.constants import KS_SCRIPT_POST
 from pykickstart.errors import KickstartError as PykickstartError
 from pykickstart.errors import KickstartWarning
-from pykickstart.handlers import control
 from pykickstart.parser import KickstartParser, Packages, Script
 
 from ksbake.errors import ConfigError, KickstartError
+from ksbake.kickstart.compat import Legacy
 
 DEFAULT_SYNTAX = "F40"
 """Kickstart syntax version used unless the appliance settings pin another one."""
@@ -121,74 +119,6 @@ SECTION_NAMES: tuple[str, ...] = (
 )
 """Keys of ``Kickstart.sections``, one canonical text per downstream layer input."""
 
-REMOVED_COMMAND_NOTES: dict[str, str] = {
-    "auth": "shadow passwords and SHA-512 are the default now, 'authselect' sets a profile",
-    "authconfig": "shadow passwords and SHA-512 are the default now, 'authselect' sets a profile",
-    "install": "a fresh install is the only mode, the line had no effect",
-    "upgrade": "ksbake always builds a fresh image",
-    "device": "appliance-creator put this kernel module into the initramfs, a "
-    "/etc/dracut.conf.d file written in %post does that now",
-    "deviceprobe": "it has no effect on an image build",
-    "key": "installation numbers no longer exist",
-    "interactive": "ksbake never prompts",
-    "autostep": "ksbake never prompts",
-    "mouse": "it has no effect on an image build",
-    "monitor": "it has no effect on an image build",
-    "langsupport": "'lang' and langpacks in %packages replace it",
-    "lilo": "'bootloader' replaces it",
-    "lilocheck": "'bootloader' replaces it",
-    "method": "'url' or 'repo' replace it",
-    "dmraid": "it has no effect on an image build",
-    "multipath": "it has no effect on an image build",
-}
-"""Why dropping a removed command is what appliance-creator effectively did."""
-
-DROPPABLE_NEWER_COMMANDS: frozenset[str] = frozenset({"authselect"})
-"""Commands newer than an old pinned syntax that compat mode may drop (distro defaults
-then apply, as with appliance-creator's authconfig-free images)."""
-
-LEGACY_OPTIONS: dict[str, dict[str, bool]] = {
-    "%packages": {"--nobase": False, "--resolvedeps": False, "--ignoredeps": False},
-    "bootloader": {
-        "--useLilo": False,
-        "--lba32": False,
-        "--upgrade": False,
-        "--linear": False,
-        "--nolinear": False,
-    },
-    "part": {"--bytes-per-inode": True},
-    "partition": {"--bytes-per-inode": True},
-    "logvol": {"--bytes-per-inode": True},
-    "raid": {"--bytes-per-inode": True},
-    "logging": {"--level": True},
-    "firewall": {"--high": False, "--medium": False},
-    "xconfig": {
-        "--noprobe": False,
-        "--card": True,
-        "--videoram": True,
-        "--monitor": True,
-        "--hsync": True,
-        "--vsync": True,
-        "--resolution": True,
-        "--depth": True,
-        "--server": True,
-    },
-}
-"""Options removed from kickstart syntax that only tuned installers of the time; the bool
-says whether the option takes a value. Dropped in compat mode."""
-
-_BOOTLOADER_VALUE_OPTIONS = frozenset(
-    {
-        "--append",
-        "--location",
-        "--driveorder",
-        "--password",
-        "--md5pass",
-        "--timeout",
-        "--default",
-        "--boot-drive",
-    }
-)
 _EMPTY_PACKAGE_ENTRIES = frozenset({"-", "@", "-@", "@^", "-@^"})
 _SECRET_OPTIONS = ("--password", "--md5pass", "--pass", "--plaintext", "--passphrase")
 _ON_LINE = re.compile(r"\s*(?:on|at) line (\d+)")
@@ -475,6 +405,7 @@ class _Flattener:
         self._stack: list[Path] = []
         self._reads = 0
         self._current = 0
+        self.legacy = Legacy(version, syntax, self._rewrite)
 
     # reading files
 
@@ -602,10 +533,10 @@ class _Flattener:
             if head in SECTION_HEADERS:
                 self._section = _Open(head, where, self._current)
                 if head == "%packages":
-                    raw = self._legacy_options(tokens, raw, where, head)
+                    raw = self.legacy.options(tokens, raw, where, head)
             self._emit(raw, where)
             return
-        raw = self._legacy_command(tokens, raw, where)
+        raw = self.legacy.command(tokens, raw, where)
         self._emit(raw, where)
 
     def _emit(self, text: str, where: Location) -> None:
@@ -635,107 +566,6 @@ class _Flattener:
             self.warnings.append(f"{where}: {message}; {done} (compat)")
         else:
             self._violation(where, message, fix)
-
-    def _legacy_command(self, tokens: list[str], raw: str, where: Location) -> str:
-        name = tokens[0]
-        status, other = _command_status(self.version, name)
-        if status == "removed":
-            note = REMOVED_COMMAND_NOTES.get(name, "it has no effect on an image build")
-            self._rewrite(
-                where,
-                f"'{name}' was removed from kickstart syntax ({self.syntax} rejects it, {other} "
-                f"was the last to accept it); {note}",
-                "delete the line",
-                "dropped the line",
-            )
-            return ""
-        if status == "newer":
-            message = (
-                f"'{name}' is not part of kickstart syntax {self.syntax}; it first "
-                f"appears in {other}"
-            )
-            if name in DROPPABLE_NEWER_COMMANDS:
-                self._rewrite(
-                    where,
-                    message,
-                    f"set the kickstart syntax to {other} or later",
-                    "dropped the line",
-                )
-                return ""
-            raise KickstartError(
-                str(where.path),
-                where.line,
-                message,
-                f"set the kickstart syntax to {other} or later",
-            )
-        if name == "zerombr" and len(tokens) > 1 and _rejects(self.version, raw.strip()):
-            self._rewrite(
-                where,
-                f"'zerombr {' '.join(tokens[1:])}' is old syntax: zerombr takes no argument now",
-                "write 'zerombr'",
-                "normalised to 'zerombr'",
-            )
-            return "zerombr"
-        if name == "bootloader":
-            raw = self._legacy_extlinux(tokens, raw, where)
-            tokens = shlex.split(raw, comments=True) if raw else tokens
-        if name in LEGACY_OPTIONS:
-            raw = self._legacy_options(tokens, raw, where, name)
-        return raw
-
-    def _legacy_extlinux(self, tokens: list[str], raw: str, where: Location) -> str:
-        positions = [
-            i
-            for i, tok in enumerate(tokens)
-            if i > 0 and tok == "extlinux" and tokens[i - 1] not in _BOOTLOADER_VALUE_OPTIONS
-        ]
-        if not positions or not _rejects(self.version, raw.strip()):
-            return raw
-        keep = [t for i, t in enumerate(tokens) if i not in positions]
-        if _rejects(self.version, "bootloader --extlinux"):
-            done = "dropped 'extlinux' (this syntax has no --extlinux)"
-        else:
-            if "--extlinux" not in keep:
-                keep.append("--extlinux")
-            done = "rewritten to 'bootloader --extlinux'"
-        self._rewrite(
-            where,
-            "'bootloader ... extlinux' is old syntax: extlinux as a positional argument",
-            "write 'bootloader --extlinux'",
-            done,
-        )
-        return shlex.join(keep)
-
-    def _legacy_options(self, tokens: list[str], raw: str, where: Location, name: str) -> str:
-        table = LEGACY_OPTIONS.get(name, {})
-        if not table:
-            return raw
-        keep: list[str] = []
-        found: list[str] = []
-        skip_value = False
-        for i, tok in enumerate(tokens):
-            if skip_value:
-                skip_value = False
-                continue
-            opt = tok.split("=", 1)[0]
-            if i > 0 and opt in table:
-                found.append(opt)
-                skip_value = table[opt] and "=" not in tok and i + 1 < len(tokens)
-                continue
-            keep.append(tok)
-        if not found:
-            return raw
-        probe = raw.strip() + ("\n%end" if name.startswith("%") else "")
-        if not _rejects(self.version, probe):
-            return raw
-        for opt in found:
-            self._rewrite(
-                where,
-                f"'{name} {opt}' was removed from kickstart syntax",
-                "delete the option",
-                "dropped the option",
-            )
-        return shlex.join(keep)
 
     # sections left open
 
@@ -786,47 +616,3 @@ def _read_text(path: Path) -> str:
         raise KickstartError(
             str(path), line, "not UTF-8 text", "re-encode the file as UTF-8"
         ) from None
-
-
-@cache
-def _command_status(version: int, name: str) -> tuple[str, str]:
-    """("ok" | "removed" | "newer" | "unknown", the version that explains it)."""
-    current = control.commandMap.get(version, {})
-    cls = current.get(name)
-    older: list[int] = []
-    newer: list[int] = []
-    for ver, commands in control.commandMap.items():
-        other = commands.get(name)
-        if other is None or issubclass(other, RemovedCommand):
-            continue
-        (older if ver < version else newer).append(ver)
-    if cls is not None and not issubclass(cls, RemovedCommand):
-        return "ok", ""
-    if older:
-        return "removed", ksversion.versionToString(max(_same_family(version, older)))
-    if cls is None and newer:
-        return "newer", ksversion.versionToString(min(_same_family(version, newer)))
-    return ("removed", "an older version") if cls is not None else ("unknown", "")
-
-
-def _same_family(version: int, candidates: list[int]) -> list[int]:
-    """Prefer RHEL versions when RHEL syntax is pinned and Fedora ones otherwise, so a
-    message says "last accepted by F34" to a Fedora user rather than "by RHEL9"."""
-    rhel = ksversion.versionToString(version).startswith("RHEL")
-    same = [v for v in candidates if ksversion.versionToString(v).startswith("RHEL") == rhel]
-    return same or candidates
-
-
-@lru_cache(maxsize=1024)
-def _rejects(version: int, text: str) -> bool:
-    """Does pykickstart at ``version`` reject this standalone line? Keeps legacy rewrites
-    to what the pinned syntax really refuses (F10 may still accept what F40 does not)."""
-    handler = ksversion.makeVersion(version)
-    parser = KickstartParser(handler)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            parser.readKickstartFromString(text + "\n")
-    except (PykickstartError, ValueError):
-        return True
-    return False
