@@ -14,11 +14,13 @@ demo: setup
 # Every test, including the real builds (bundled repository, dnf installs).
 test: setup
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest -m "" tests
 
 # Fast unit tests only.
 check: setup
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest -m "not slow and not boot" tests
 
 bench: setup

@@ -509,6 +509,7 @@ def _build_into(result: Path, work: Path, debs_dir: Path) -> None:
             "bb_debian_version": busybox_deb.version,
         },
     }
+    jobs: list[tuple[str, Path, tuple[str, ...]]]
     jobs = [(spec, result / "base" / "Packages", ()) for spec in BASE_PACKAGES]
     jobs += [(spec, result / "updates" / "Packages", extra) for spec, extra in UPDATE_PACKAGES]
     for _, rpmdir, _ in jobs:

@@ -240,9 +240,10 @@ class _Format(logging.Formatter):
 
 
 class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever ``sys.stderr`` is when a record comes (pytest swaps it)."""
+    """Writes to whatever ``sys.stderr`` is when a record comes (pytest swaps it; a plain
+    StreamHandler keeps the one it was made with)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> object:
         return sys.stderr
 

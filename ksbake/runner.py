@@ -113,15 +113,6 @@ def function(spec: str) -> Callable[..., Any]:
     return fn
 
 
-def layer(name: str) -> Layer:
-    from ksbake.layers import CHAIN
-
-    for declared in CHAIN:
-        if declared.name == name:
-            return declared
-    raise KeyError(name)
-
-
 def ref_path(paths: Paths, name: str, layer_name: str) -> Path:
     return paths.build_dir(name) / f"{layer_name}.ref"
 
@@ -173,7 +164,9 @@ def _parents(paths: Paths, name: str, spec: Layer) -> tuple[dict[str, Any], dict
     return objects, keys
 
 
-def key_of(spec: Layer, keyed: dict[str, Any], discovered: dict[str, Any], parents: dict) -> str:
+def key_of(
+    spec: Layer, keyed: dict[str, Any], discovered: dict[str, Any], parents: dict[str, Any]
+) -> str:
     """The one formula for every layer's key (see the module docstring)."""
     from ksbake.run import tool_versions
 
@@ -183,12 +176,11 @@ def key_of(spec: Layer, keyed: dict[str, Any], discovered: dict[str, Any], paren
     return layer_key(spec.name, spec.version, doc, parents)
 
 
-def current_key(paths: Paths, name: str, layer_name: str) -> str:
+def current_key(paths: Paths, name: str, spec: Layer) -> str:
     """The key the layer's object would have now (not for ``discover`` or fan-out layers):
     what the store is asked for, computed without building anything."""
-    spec = layer(layer_name)
     if spec.discover is not None or spec.each is not None:
-        raise ValueError(f"{layer_name}: its key needs a build step")
+        raise ValueError(f"{spec.name}: its key needs a build step")
     _, keyed = _inputs(paths, name, spec)
     _, parent_keys = _parents(paths, name, spec)
     return key_of(spec, keyed, {}, parent_keys)
@@ -247,9 +239,8 @@ def build_in_worker(build: str, job: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def obtain_in_worker(layer_name: str, paths: dict[str, str], name: str) -> dict[str, Any]:
-    """Worker entry point for layers with ``discover``: key and build in one process."""
-    spec = layer(layer_name)
+def obtain_in_worker(spec: Layer, paths: dict[str, str], name: str) -> dict[str, Any]:
+    """In the worker of a layer with ``discover``: key and build in one process."""
     workspace = Paths(**{k: Path(v) for k, v in paths.items()})
     inputs, keyed = _inputs(workspace, name, spec)
     parents, parent_keys = _parents(workspace, name, spec)
@@ -260,15 +251,14 @@ def _paths_dict(paths: Paths) -> dict[str, str]:
     return {k: str(v) for k, v in asdict(paths).items()}
 
 
-def run_step(paths: Paths, name: str, layer_name: str) -> None:
+def run_step(paths: Paths, name: str, spec: Layer) -> None:
     """The step of a stored layer for appliance ``name``: obtain its object(s), write its ref."""
     from ksbake import sandbox
 
-    spec = layer(layer_name)
     started = time.monotonic()
     if spec.discover is not None:
         result = sandbox.call(
-            "ksbake.runner:obtain_in_worker",
+            "ksbake.layers:obtain_in_worker",  # the worker finds the layer by its name
             {"layer_name": spec.name, "paths": _paths_dict(paths), "name": name},
             isolate=False,
         )

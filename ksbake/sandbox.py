@@ -50,7 +50,8 @@ def call(
         proc = subprocess.run(argv, check=False, env=env)
         result = json.loads(result_file.read_text()) if result_file.exists() else None
     if proc.returncode == 0 and result and "ok" in result:
-        return result["ok"]
+        ok: dict[str, Any] = result["ok"]
+        return ok
     if result and "error" in result:
         cls = getattr(errors, result["error"]["class"], errors.BuildError)
         if not (isinstance(cls, type) and issubclass(cls, errors.KsbakeError)):

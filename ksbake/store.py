@@ -57,7 +57,8 @@ class Store:
         return path if (path / META).is_file() else None
 
     def read_meta(self, layer: str, key: str) -> dict[str, Any]:
-        return json.loads((self.object_dir(layer, key) / META).read_text())
+        meta: dict[str, Any] = json.loads((self.object_dir(layer, key) / META).read_text())
+        return meta
 
     @contextmanager
     def _locked(self, layer: str, key: str) -> Iterator[None]:
@@ -166,7 +167,7 @@ def remove_tree(path: Path) -> None:
     if not path.exists() and not path.is_symlink():
         return
 
-    def fix(func, p, _exc):  # noqa: ANN001 - shutil's onerror signature
+    def fix(func: Callable[[str], object], p: str, _exc: object) -> None:
         parent = os.path.dirname(p)
         os.chmod(parent, 0o700)
         func(p)

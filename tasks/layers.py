@@ -105,7 +105,7 @@ def _tasks(layer: Layer) -> Iterator[dict[str, Any]]:
         if layer.step is not None:
             act = action(layer.step, PATHS, name)
         else:
-            act = action("ksbake.runner:run_step", PATHS, name, layer.name)
+            act = action("ksbake.layers:step", PATHS, name, layer.name)
         task = shape(layer, name)
         task["file_dep"] = task["file_dep"] + _code(layer)
         yield {"name": name, "doc": f"{layer.doc} ({name})", "actions": [act], **task}

@@ -22,11 +22,10 @@ LAYERS = ("kickstart", "lock", "packages", "config")
 
 
 def config_layers(ws: Workspace, name: str) -> list[Path]:
+    from ksbake.layers.l4_config import tree_layers
+
     ref = json.loads((ws.cache / "build" / name / "config.ref").read_text())
-    return [
-        ws.store / "objects" / "config" / ref["key"] / "upper",
-        ws.store / "objects" / "packages" / ref["packages"] / "tree",
-    ]
+    return tree_layers(ws.store / "objects" / "config" / ref["key"])
 
 
 def read(ws: Workspace, name: str, rel: str) -> str:
@@ -238,10 +237,12 @@ def test_killed_install_is_rebuilt_cleanly(workspace: Workspace) -> None:
     text = text.replace("%packages", "%packages --excludedocs --instLangs=de")
     workspace.write("demo.ks", text)
     ok(workspace.doit("lock:demo"))
+    from ksbake.layers import by_name
     from ksbake.paths import Paths
     from ksbake.runner import current_key
 
-    key = current_key(Paths.from_env(environ=workspace.environ()), "demo", "packages")
+    paths = Paths.from_env(environ=workspace.environ())
+    key = current_key(paths, "demo", by_name("packages"))
     if (workspace.store / "objects/packages" / key).exists():  # from an earlier local run
         subprocess.run(["rm", "-rf", str(workspace.store / "objects/packages" / key)], check=True)
     proc = workspace.spawn("packages:demo")

@@ -65,11 +65,10 @@ def test_accounts_and_post_variants(workspace: Workspace) -> None:
     assert r.rc == 0, r.out + r.err
     # the hashes never reach the output
     assert CRYPTED not in r.out + r.err
+    from ksbake.layers.l4_config import tree_layers
+
     ref = json.loads((workspace.cache / "build/demo/config.ref").read_text())
-    layers = [
-        workspace.store / "objects/config" / ref["key"] / "upper",
-        workspace.store / "objects/packages" / ref["packages"] / "tree",
-    ]
+    layers = tree_layers(workspace.store / "objects/config" / ref["key"])
 
     def read(rel: str) -> str:
         found = object_file(workspace.store, layers, rel)

@@ -29,7 +29,7 @@ def test_lru_with_references_and_dependents(tmp_path: Path) -> None:
     make(store, "packages", "p-mid", 300, kib)
     build = paths.cache / "build" / "demo"
     build.mkdir(parents=True)
-    (build / "config.ref").write_text(json.dumps({"key": "c-used", "packages": "p-used"}))
+    (build / "config.ref").write_text(json.dumps({"key": "c-used"}))
 
     removed = gc.collect(paths, budget=3 * kib + 3 * 4096 * 3)
     names = [o.key for o in removed]
@@ -47,3 +47,20 @@ def test_dry_run_removes_nothing(tmp_path: Path) -> None:
     removed = gc.collect(paths, budget=0, dry_run=True)
     assert [o.key for o in removed] == ["p"]
     assert (paths.store / "objects/packages/p/meta.json").exists()
+
+
+def test_fan_out_refs_and_parents_are_followed(tmp_path: Path) -> None:
+    """convert.ref names one object per format; a descriptor's parents are {format: key}."""
+    paths = Paths.from_env(tmp_path, environ={})
+    store = paths.store
+    make(store, "bootloader", "b", 1, 4096)
+    make(store, "convert", "v-qcow2", 2, 4096, {"bootloader": "b"})
+    make(store, "convert", "v-vmdk", 3, 4096, {"bootloader": "b"})
+    make(store, "descriptor", "d", 4, 4096, {"convert": {"qcow2": "v-qcow2", "vmdk": "v-vmdk"}})
+    make(store, "convert", "v-old", 5, 4096, {"bootloader": "b"})
+    build = paths.cache / "build" / "demo"
+    build.mkdir(parents=True)
+    (build / "descriptor.ref").write_text(json.dumps({"key": "d"}))
+    (build / "convert.ref").write_text(json.dumps({"items": {"vmdk": {"key": "v-vmdk"}}}))
+    removed = gc.collect(paths, budget=0)
+    assert [o.key for o in removed] == ["v-old"]

@@ -482,7 +482,7 @@ class _Flattener:
         self._read(target, text)
         after = self._section
         opened_inside = after is not None and after is not before and after.owner >= token
-        if kind == "%include" and opened_inside:
+        if kind == "%include" and after is not None and opened_inside:
             self._unterminated_include(after, target)
 
     # one line

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ksbake.runner import IN_PROCESS, NAMESPACES, PROCESS, Layer, Source
+from ksbake.paths import Paths
+from ksbake.runner import IN_PROCESS, NAMESPACES, PROCESS, Layer, Source, run_step
+from ksbake.runner import obtain_in_worker as _obtain_in_worker
 
 # -- what each layer reads from the kickstart, the settings and the plan ---------------------
 
@@ -203,3 +205,20 @@ CHAIN: tuple[Layer, ...] = (
 
 STORED = tuple(layer for layer in CHAIN if layer.build is not None)
 """The layers whose outputs are store objects (all but kickstart and publish)."""
+
+
+def by_name(name: str) -> Layer:
+    for layer in CHAIN:
+        if layer.name == name:
+            return layer
+    raise KeyError(name)
+
+
+def step(paths: Paths, name: str, layer_name: str) -> None:
+    """The doit action of a stored layer (``ksbake.runner.run_step``)."""
+    run_step(paths, name, by_name(layer_name))
+
+
+def obtain_in_worker(layer_name: str, paths: dict[str, str], name: str) -> dict[str, Any]:
+    """Worker entry point of a layer with ``discover`` (the lock): key and build there."""
+    return _obtain_in_worker(by_name(layer_name), paths, name)

@@ -451,9 +451,10 @@ def diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     lines = []
     for k in sorted(before.keys() | after.keys()):
         a, b = before.get(k), after.get(k)
-        if a and not b:
+        if b is None:
+            assert a is not None
             lines.append(f"- {k[0]} {evr(a)}")
-        elif b and not a:
+        elif a is None:
             lines.append(f"+ {k[0]} {evr(b)} ({b['repo']})")
         elif a != b:
             lines.append(f"~ {k[0]} {evr(a)} ({a['repo']}) -> {evr(b)} ({b['repo']})")

@@ -160,12 +160,12 @@ def apply_accounts(root: Path, handler: Any, seed: str) -> None:
         field = password_field(pw, user.isCrypted, user.lock, seed, user.name) if pw else "!!"
         shadow.put([user.name, field, "", "0", "99999", "7", "", "", ""])
         for extra in user.groups:
-            row = group.get(extra)
-            if row is None:
+            member_of = group.get(extra)
+            if member_of is None:
                 raise BuildError(f"user {user.name}: supplementary group '{extra}' does not exist")
-            members = [m for m in row[3].split(",") if m]
+            members = [m for m in member_of[3].split(",") if m]
             if user.name not in members:
-                row[3] = ",".join([*members, user.name])
+                member_of[3] = ",".join([*members, user.name])
         home_dir = treefs.makedirs(root, home, 0o700)
         os.chown(home_dir, uid, gid)
     passwd.save()
@@ -174,10 +174,10 @@ def apply_accounts(root: Path, handler: Any, seed: str) -> None:
     if gshadow:
         gshadow.save()
     for entry in keys:
-        row = passwd.get(entry.username)
-        if row is None:
+        owner = passwd.get(entry.username)
+        if owner is None:
             raise BuildError(f"sshkey: user '{entry.username}' does not exist")
-        uid, gid, home = int(row[2]), int(row[3]), row[5]
+        uid, gid, home = int(owner[2]), int(owner[3]), owner[5]
         ssh_dir = treefs.makedirs(root, f"{home}/.ssh", 0o700)
         os.chown(ssh_dir, uid, gid)
         path = f"{home}/.ssh/authorized_keys"
@@ -361,8 +361,8 @@ def run_post_scripts(root: Path, handler: Any, ks_dir: str) -> None:
                 old = treefs.read_text(root, script.logfile) or ""
                 treefs.write_file(root, script.logfile, old + output)
             else:
-                with open(script.logfile, "a") as log:
-                    log.write(output)
+                with open(script.logfile, "a") as logfile:
+                    logfile.write(output)
         if proc.returncode != 0:
             tail = "\n".join(output.strip().splitlines()[-20:])
             message = f"{label} failed with exit code {proc.returncode}"

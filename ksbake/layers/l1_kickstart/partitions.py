@@ -315,6 +315,7 @@ def _disklabel(ks: Kickstart, problems: list[tuple[int, KickstartError]]) -> str
     if not label:
         return DEFAULT_DISKLABEL
     if label not in DISKLABELS:
+        assert clear is not None  # a label comes from the clearpart line
         problems.append(
             (
                 clear.lineno,
@@ -412,7 +413,7 @@ def _request(ks: Kickstart, pd: Any, default_disk: str, warnings: list[str]) -> 
             "make --maxsize at least --size, or drop it",
         )
 
-    extras = {
+    extras: dict[str, Any] = {
         "label": getattr(pd, "label", "") or None,
         "fsoptions": getattr(pd, "fsopts", "") or None,
         "mkfsoptions": getattr(pd, "mkfsopts", "") or None,
@@ -670,11 +671,12 @@ def _grow(ordered: list[_Request], free: int) -> list[int]:
     while active and free > 0:
         total = sum(ordered[i].size for i in active)
         share = {i: free * ordered[i].size // total for i in active}
-        capped = [i for i in active if room[i] is not None and share[i] >= room[i]]
+        caps = {i: cap for i in active if (cap := room[i]) is not None}
+        capped = [i for i in active if i in caps and share[i] >= caps[i]]
         if capped:  # these reach --maxsize: fill them, share the rest among the others
             for i in capped:
-                extra[i] += room[i]
-                free -= room[i]
+                extra[i] += caps[i]
+                free -= caps[i]
             active = [i for i in active if i not in capped]
             continue
         for i in active:  # nobody capped, so share + 1 still fits under every cap

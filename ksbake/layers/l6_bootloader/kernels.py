@@ -75,9 +75,11 @@ def find_kernels(tree: MergedTree) -> list[Kernel]:
             None,
         )
         kernels.append(Kernel(version, name, initrd))
-    return sorted(
-        kernels, key=functools.cmp_to_key(lambda k1, k2: rpmvercmp(k2.version, k1.version))
-    )
+
+    def newest_first(k1: Kernel, k2: Kernel) -> int:
+        return rpmvercmp(k2.version, k1.version)
+
+    return sorted(kernels, key=functools.cmp_to_key(newest_first))
 
 
 def os_name(tree: MergedTree) -> str:
