@@ -38,6 +38,7 @@ TOOL_PACKAGES: dict[str, tuple[str, str]] = {
     "modinfo": ("kmod", "kmod"),
     "cpio": ("cpio", "cpio"),
     "unshare": ("util-linux", "util-linux"),
+    "sfdisk": ("fdisk", "util-linux"),
     "setpriv": ("util-linux", "util-linux"),
     "mount": ("mount", "util-linux"),
     "mkfs.ext4": ("e2fsprogs", "e2fsprogs"),
@@ -180,18 +181,12 @@ def _python_module(module: str, attr: str) -> Callable[[], str | None]:
     return version
 
 
-def _libparted() -> str | None:
-    import parted
-
-    return str(parted.version().get("libparted"))
-
-
 VERSIONS: dict[str, Callable[[], str | None]] = {
     # name in a layer's ``tools``: how to read its version (None: the tool is absent)
     "dnf": _python_module("dnf.const", "VERSION"),
     "hawkey": _python_module("hawkey", "VERSION"),
     "rpm": _python_module("rpm", "__version__"),
-    "libparted": _libparted,
+    "sfdisk": lambda: _number_in(["sfdisk", "-v"]),
     "e2fsprogs": lambda: _number_in(["mke2fs", "-V"]),
     "xfsprogs": lambda: _number_in(["mkfs.xfs", "-V"]),
     "dosfstools": lambda: _number_in(["mkfs.fat", "--help"]),

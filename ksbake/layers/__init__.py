@@ -89,9 +89,9 @@ def descriptor_inputs(src: Source) -> dict[str, Any]:
 L = "ksbake.layers."
 CHAIN: tuple[Layer, ...] = (
     Layer(
-        "kickstart",
-        1,
-        "parse configs/NAME.ks into per-layer inputs",
+        name="kickstart",
+        version=1,
+        doc="parse configs/NAME.ks into per-layer inputs",
         step=L + "l1_kickstart:step",
         code=(
             "layers/l1_kickstart",
@@ -104,9 +104,9 @@ CHAIN: tuple[Layer, ...] = (
         ),
     ),
     Layer(
-        "lock",
-        2,
-        "resolve the package set",
+        name="lock",
+        version=2,
+        doc="resolve the package set",
         inputs=lock_inputs,
         tools=("dnf", "hawkey"),
         discover=L + "l2_lock:metadata",  # repo metadata checksums: a nightly re-lock
@@ -117,9 +117,9 @@ CHAIN: tuple[Layer, ...] = (
         code=("layers/l2_lock.py",),
     ),
     Layer(
-        "packages",
-        1,
-        "install the locked packages",
+        name="packages",
+        version=1,
+        doc="install the locked packages",
         reads={"lock": "lock.json"},  # the lock's content, not its key: same set, same tree
         context={"lock_ref": "lock.ref"},  # where to download from: not the bytes
         tools=("dnf", "rpm"),
@@ -128,9 +128,9 @@ CHAIN: tuple[Layer, ...] = (
         code=("layers/l3_packages.py", "chroot"),
     ),
     Layer(
-        "config",
-        3,
-        "configure (settings, users, %post)",
+        name="config",
+        version=3,
+        doc="configure (settings, users, %post)",
         inputs=config_inputs,
         unkeyed=("ks_dir",),  # a workspace path: two checkouts share the object
         parents=("packages",),
@@ -139,13 +139,13 @@ CHAIN: tuple[Layer, ...] = (
         code=("layers/l4_config.py", "chroot", "treefs", "kickstart"),
     ),
     Layer(
-        "disks",
-        2,
-        "partitioned raw disks",
+        name="disks",
+        version=3,  # 3: tables by sfdisk (msdos: CHS fields and EBR places moved)
+        doc="partitioned raw disks",
         inputs=disks_inputs,
         parents=("config",),
         tools=(
-            "libparted",
+            "sfdisk",
             "e2fsprogs",
             "xfsprogs",
             "dosfstools",
@@ -159,9 +159,9 @@ CHAIN: tuple[Layer, ...] = (
         code=("layers/l5_disks", "layout", "treefs"),
     ),
     Layer(
-        "bootloader",
-        3,
-        "bootable disks (GRUB for BIOS and/or UEFI)",
+        name="bootloader",
+        version=3,
+        doc="bootable disks (GRUB for BIOS and/or UEFI)",
         inputs=bootloader_inputs,
         parents=("disks",),
         tools=("grub-mkimage",),
@@ -171,9 +171,9 @@ CHAIN: tuple[Layer, ...] = (
         code=("layers/l6_bootloader", "treefs"),
     ),
     Layer(
-        "convert",
-        3,
-        "disk formats (qcow2, vmdk, ...)",
+        name="convert",
+        version=3,
+        doc="disk formats (qcow2, vmdk, ...)",
         inputs=convert_inputs,
         each="formats",  # one object per format: a format change converts only that one
         parents=("bootloader",),
@@ -184,9 +184,9 @@ CHAIN: tuple[Layer, ...] = (
         code=("layers/l7_convert.py", "formats"),
     ),
     Layer(
-        "descriptor",
-        3,
-        "descriptors (virt-image, libvirt, OVF)",
+        name="descriptor",
+        version=3,
+        doc="descriptors (virt-image, libvirt, OVF)",
         inputs=descriptor_inputs,
         parents=("convert",),
         build=L + "l8_descriptor:build",
@@ -195,9 +195,9 @@ CHAIN: tuple[Layer, ...] = (
         code=("layers/l8_descriptor.py", "formats"),
     ),
     Layer(
-        "publish",
-        1,
-        "publish into out/NAME/",
+        name="publish",
+        version=1,
+        doc="publish into out/NAME/",
         step=L + "l9_publish:step",
         code=("layers/l9_publish.py", "formats"),
     ),

@@ -10,9 +10,9 @@ and what they share (``model``).
 How, and why (see shared/ENVIRONMENT.md: no device-mapper, the kernel parses no partition
 tables, vfat cannot be mounted):
 
-- Partition tables are written with pyparted straight onto the sparse image file, no loop
-  device. libparted picks the msdos disk identifier and the GPT GUIDs at random, so they are
-  overwritten afterwards with values derived from the layer key (the GPT CRCs recomputed).
+- Partition tables are written by one declarative sfdisk script straight onto the sparse
+  image file, no loop device: label, disk identifier, partition GUIDs, types, names and flags
+  all in the script, every identifier derived from the layer key (``table.py``).
 - The tree is split by mount points with read-only overlays: each filesystem gets its own
   overlay of the layers under a small extra top layer holding, for each mount point nested
   below it, an empty OPAQUE directory (``trusted.overlay.opaque=y``), and for ``/`` the image's
