@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -80,7 +81,8 @@ def doit(code: Path, ws: Path, store: Path, *args: str) -> None:
         "KSBAKE_CONFIGS": str(ws / "configs"),
         "KSBAKE_CACHE": str(ws / "cache"),
         "KSBAKE_STORE": str(store),
-        "KSBAKE_OUT": str(ws / "out"),
+        # one out/ for every build: the libvirt domain names the published disks' paths
+        "KSBAKE_OUT": str(ws.parent / "out"),
     }
     argv = [sys.executable, "-m", "doit", "-f", str(code / "dodo.py"), "-d", str(code), *args]
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
@@ -120,9 +122,27 @@ def byte_manifest(ws: Path, store: Path, name: str) -> dict[str, str]:
         for key in keys.get(layer, []):
             for raw in sorted((store / "objects" / layer / key).glob("*.raw")):
                 found[f"{layer}/{raw.name}"] = digest(raw)
-    for f in sorted((ws / "out" / name).iterdir()):
-        found[f"out/{f.name}"] = digest(f)
+    for f in sorted((ws.parent / "out" / name).iterdir()):
+        found[f"out/{f.name}"] = published_digest(f)
     return found
+
+
+VMDK_CID = re.compile(rb"CID=[0-9a-f]{8}")
+HASHES_VMDK = re.compile(rb"^.*\.(vmdk|ova|mf)\)?(\s*=.*)?$\n?", re.M)
+
+
+def published_digest(path: Path) -> str:
+    """A published file's digest, blind to qemu-img's random vmdk CID (it draws one per
+    conversion: a vmdk is not reproducible, with or without this change) and to the lines
+    of the manifests that hash a vmdk or what contains one (.ova, .mf)."""
+    if path.suffix == ".vmdk":
+        return xxhash.xxh3_128_hexdigest(VMDK_CID.sub(b"CID=00000000", path.read_bytes()))
+    if path.suffix == ".ova":  # the vmdk and its .mf inside
+        data = VMDK_CID.sub(b"CID=00000000", path.read_bytes())
+        return xxhash.xxh3_128_hexdigest(HASHES_VMDK.sub(b"", data))
+    if path.suffix == ".mf" or path.name == "SHA256SUMS":
+        return xxhash.xxh3_128_hexdigest(HASHES_VMDK.sub(b"", path.read_bytes()))
+    return digest(path)
 
 
 def tree_manifest(top: Path) -> dict[str, str]:
@@ -162,9 +182,33 @@ def tree_manifests(ws: Path, store: Path, name: str) -> dict[str, dict[str, str]
     return out
 
 
-def remove_objects(store: Path, layers: tuple[str, ...]) -> None:
+def remove_objects(store: Path, layers: tuple[str, ...], aside: Path | None = None) -> None:
     for layer in layers:
+        if aside is not None and (store / "objects" / layer).exists():
+            aside.mkdir(parents=True, exist_ok=True)
+            (store / "objects" / layer).rename(aside / layer)
         shutil.rmtree(store / "objects" / layer, ignore_errors=True)
+
+
+def differing_ranges(a: Path, b: Path, limit: int = 12) -> list[str]:
+    """Where two files differ, as byte ranges (the first ``limit`` of them)."""
+    ranges: list[list[int]] = []
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        offset = 0
+        while True:
+            x, y = fa.read(1 << 20), fb.read(1 << 20)
+            if not x and not y:
+                break
+            if x != y:
+                for i in range(max(len(x), len(y))):
+                    if x[i : i + 1] != y[i : i + 1]:
+                        at = offset + i
+                        if ranges and ranges[-1][1] >= at - 16:
+                            ranges[-1][1] = at + 1
+                        else:
+                            ranges.append([at, at + 1])
+            offset += max(len(x), len(y))
+    return [f"{s}-{e - 1}" for s, e in ranges[:limit]] + (["..."] if len(ranges) > limit else [])
 
 
 def compare(title: str, old: dict[str, str], new: dict[str, str]) -> bool:
@@ -178,62 +222,71 @@ def compare(title: str, old: dict[str, str], new: dict[str, str]) -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", default="HEAD", help="revision to compare against")
+    parser.add_argument("--after", help="revision to compare (default: the working tree)")
     parser.add_argument("--keep", type=Path, help="scratch directory to use and keep")
     args = parser.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="ksbake-same-bytes-", dir=PROJECT / "cache"))
     root.mkdir(parents=True, exist_ok=True)
     store = root / "store"
     old_code = root / "before"
+    new_code = root / "after" if args.after else PROJECT
     ok = True
     try:
-        if not old_code.exists():
-            subprocess.run(
-                [
-                    "git",
-                    "-C",
-                    str(PROJECT),
-                    "worktree",
-                    "add",
-                    "--detach",
-                    str(old_code),
-                    args.before,
-                ],
-                check=True,
-                capture_output=True,
-            )
+        for code, rev in ((old_code, args.before), (new_code, args.after)):
+            if rev and not code.exists():
+                add = ["git", "-C", str(PROJECT), "worktree", "add", "--detach", str(code), rev]
+                subprocess.run(add, check=True, capture_output=True)
         print(f"building with {args.before} ...", flush=True)
+        build(old_code, root, store)
+        # mkfs -d copies the cached trees' atimes into the image, and the first read of a
+        # file after its install moves its atime (relatime: the bootloader layer reads
+        # os-release and /boot). So the comparison is between two builds that both come
+        # after that first read: build the disks again with the old code, then the new.
+        # (The hardening issue makes the disks layer clamp atimes.)
+        remove_objects(store, DOWNSTREAM)
         ws_old = build(old_code, root, store)
         names = [n[:-3] for n in APPLIANCES if n.endswith(".ks")]
         old_bytes = {n: byte_manifest(ws_old, store, n) for n in names}
-        old_trees = {n: tree_manifests(ws_old, store, n) for n in names}
         old_keys = {n: refs(ws_old, n) for n in names}
 
         print("rebuilding disks and what follows with the working tree ...", flush=True)
-        remove_objects(store, DOWNSTREAM)
-        ws_new = build(PROJECT, root, store)
+        aside = root / "old-objects"
+        remove_objects(store, DOWNSTREAM, aside)
+        ws_new = build(new_code, root, store)
         for n in names:
             print(f"{n}:")
             new_keys = refs(ws_new, n)
             changed = sorted(k for k in new_keys if old_keys[n].get(k) != new_keys[k])
             print(f"  keys changed: {', '.join(changed) or 'none'}")
-            ok &= compare(
-                "raw disks and published files", old_bytes[n], byte_manifest(ws_new, store, n)
-            )
+            new_bytes = byte_manifest(ws_new, store, n)
+            ok &= compare("raw disks and published files", old_bytes[n], new_bytes)
+            for layer in ("disks", "bootloader"):  # where raw disks differ, show the bytes
+                old_dir = aside / layer / old_keys[n][layer][0]
+                new_dir = store / "objects" / layer / new_keys[layer][0]
+                for raw in sorted(new_dir.glob("*.raw")):
+                    entry = f"{layer}/{raw.name}"
+                    if old_bytes[n].get(entry) != new_bytes.get(entry):
+                        where = ", ".join(differing_ranges(old_dir / raw.name, raw))
+                        print(f"    {entry} differs at bytes {where}")
 
+        # only now: listing a tree's directories moves their atimes, which mkfs -d copies
+        old_trees = {n: tree_manifests(ws_old, store, n) for n in names}
         print("rebuilding the packages and config trees with the working tree ...", flush=True)
+        shutil.rmtree(aside, ignore_errors=True)
         remove_objects(store, DOWNSTREAM + TREES)
-        ws_trees = build(PROJECT, root, store)
+        ws_trees = build(new_code, root, store)
         for n in names:
             new = tree_manifests(ws_trees, store, n)
             for layer in TREES:
                 ok &= compare(f"{n}: {layer} tree (content)", old_trees[n][layer], new[layer])
     finally:
         if not args.keep:
-            subprocess.run(
-                ["git", "-C", str(PROJECT), "worktree", "remove", "--force", str(old_code)],
-                check=False,
-                capture_output=True,
-            )
+            for code in (old_code, root / "after"):
+                subprocess.run(
+                    ["git", "-C", str(PROJECT), "worktree", "remove", "--force", str(code)],
+                    check=False,
+                    capture_output=True,
+                )
             shutil.rmtree(root, ignore_errors=True)
     print("same bytes: " + ("yes" if ok else "NO"))
     return 0 if ok else 1

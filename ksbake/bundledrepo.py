@@ -42,9 +42,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ksbake.errors import BuildError, KsbakeError, ToolError
+from ksbake.paths import Paths
 from ksbake.run import run, which
 
 log = logging.getLogger("ksbake.bundledrepo")
@@ -607,7 +607,7 @@ if __name__ == "__main__":
 CODE_VERSION = 1
 
 
-def sources_key(paths: Any) -> str:
+def sources_key(paths: Paths) -> str:
     """Key of the repository: every file under repo/ and the builder's CODE_VERSION (bump it
     when a change to this module changes the repository's bytes)."""
     from ksbake.hashing import file_digest, layer_key
@@ -617,7 +617,7 @@ def sources_key(paths: Any) -> str:
     return layer_key("repo", CODE_VERSION, digests)
 
 
-def step(paths: Any) -> None:
+def step(paths: Paths) -> None:
     """Obtain the repository from the store (build it if absent) and point
     ``paths.bundled_repo`` (what ``$ksbake_repo`` expands to) at it, atomically."""
     from ksbake import report

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 
 from ksbake.paths import Paths
+from ksbake.run import probe
 
 
 def tree_size(path: Path) -> int:
     """Bytes used on disk (sparse-aware), measured once when an object is built."""
-    out = subprocess.run(
-        ["du", "-s", "--block-size=1", str(path)], capture_output=True, text=True, check=False
-    )
+    out = probe(["du", "-s", "--block-size=1", path])
     return int(out.stdout.split()[0]) if out.returncode == 0 and out.stdout else 0
 
 

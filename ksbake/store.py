@@ -20,9 +20,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 META = "meta.json"
+log = logging.getLogger("ksbake")
 
 
 @dataclass(frozen=True)
@@ -95,11 +96,11 @@ class Store:
                 self._touch(found)
                 return Obtained(found, False, self.read_meta(layer, key))
             if found:
-                print(
-                    f"warning: {layer} object {key[:16]} was modified after it was built "
-                    "(a published disk booted read-write?): building it again",
-                    file=sys.stderr,
-                    flush=True,
+                log.warning(
+                    "%s object %s was modified after it was built (a published disk booted "
+                    "read-write?): building it again",
+                    layer,
+                    key[:16],
                 )
                 (found / META).unlink()  # uncommit first, then remove
                 remove_tree(found)

@@ -12,7 +12,7 @@ namespace, and downloaded packages are kept in the store's dnf cache, shared by 
 from __future__ import annotations
 
 import json
-import sys
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,8 @@ from typing import Any
 from ksbake.errors import BuildError, PackageError
 from ksbake.paths import Paths
 from ksbake.runner import Job
+
+log = logging.getLogger("ksbake")
 
 
 class _Progress:
@@ -105,7 +107,7 @@ def install(job: Job) -> dict[str, Any]:
                         progress.installing(str(package))
 
                 def error(self, message):  # noqa: ANN001
-                    print(f"rpm: {message}", file=sys.stderr, flush=True)
+                    log.warning("rpm: %s", message)
 
             print(f"Installing {len(pkgs)} packages into the tree", flush=True)
             with api_filesystems(root):
