@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import planned
 
 from ksbake import qemu
 from ksbake.errors import BuildError, ToolError
@@ -26,9 +27,9 @@ from ksbake.layers.l6_bootloader import fswrite, grubcfg, images, settings
 from ksbake.layers.l6_bootloader import kernels as kernel_list
 from ksbake.layers.l6_bootloader.grubcfg import grub_cfg
 from ksbake.layers.l6_bootloader.kernels import Kernel, rpmvercmp
+from ksbake.layout import DiskPlan, MiB, PartitionPlan, Plan
 from ksbake.treefs import MergedTree
 
-MiB = 1024 * 1024
 ROOT_UUID = "6f1b1c3e-0d6a-4c2e-9a51-3f0e2a7b9c01"
 BOOT_UUID = "2c8d5e4f-7a1b-4e3c-8d2f-1a9b0c7d6e02"
 ESP_VOLID = "ABCD1234"
@@ -406,12 +407,8 @@ def tree(demo_tree: Path) -> Path:
     return demo_tree
 
 
-@dataclass
-class Part:
-    mountpoint: str | None
-    fstype: str
-    size_mib: int
-    uuid: str | None = None
+UUIDS = {"/": ROOT_UUID, "/boot": BOOT_UUID, "/boot/efi": ESP_UUID}
+"""The filesystem UUIDs the stand-in below gives each mount point."""
 
 
 @dataclass
@@ -420,15 +417,16 @@ class Built:
     plan: dict
 
 
-def _mkfs(image: Path, start: int, size: int, part: Part, content: Path | None) -> None:
+def _mkfs(image: Path, part: PartitionPlan, content: Path | None) -> None:
     env = {**os.environ, "E2FSPROGS_FAKE_TIME": str(fswrite.EPOCH)}
+    start, size = part.start, part.size
     if part.fstype in ("ext2", "ext3", "ext4"):
         argv = [
             f"mkfs.{part.fstype}",
             "-q",
             "-F",
             "-U",
-            part.uuid,
+            UUIDS[part.mountpoint or ""],
             "-E",
             f"offset={start},lazy_journal_init=1",
         ]
@@ -455,14 +453,12 @@ def _mkfs(image: Path, start: int, size: int, part: Part, content: Path | None) 
         )
 
 
-def make_disks(tree: Path, work: Path, layout: dict[str, tuple[str, list[Part]]]) -> Built:
-    """Partitioned sparse images holding ``tree`` split by mountpoint, fstab by UUID.
-
-    ``layout``: disk name -> (table type, partitions). A stand-in for the disks layer.
-    """
+def make_disks(tree: Path, work: Path, plan: Plan) -> Built:
+    """Sparse images partitioned as ``plan`` says, holding ``tree`` split by mountpoint, fstab
+    by UUID. A stand-in for the disks layer (primary partitions only)."""
     import parted
 
-    mounts = {p.mountpoint: p for _, parts in layout.values() for p in parts if p.mountpoint}
+    mounts = {p.mountpoint: p for d in plan.disks for p in d.partitions if p.mountpoint}
     staged = work / "staged"
     root_dir = staged / "root"
     staged.mkdir(parents=True)
@@ -482,141 +478,93 @@ def make_disks(tree: Path, work: Path, layout: dict[str, tuple[str, list[Part]]]
         rel = mnt[len(holder) :] if holder != "/" else mnt
         (contents[holder] / rel.lstrip("/")).mkdir(parents=True, exist_ok=True)
         fstype = "vfat" if part.fstype == "efi" else part.fstype
-        fstab.append(f"UUID={part.uuid} {mnt} {fstype} defaults 0 2")
+        fstab.append(f"UUID={UUIDS[mnt]} {mnt} {fstype} defaults 0 2")
     (root_dir / "etc/fstab").unlink()
     (root_dir / "etc/fstab").write_text("\n".join(fstab) + "\n")
 
-    disks, plan = [], []
-    for name, (table, parts) in layout.items():
-        image = work / f"{name}.raw"
-        size = (2 + sum(p.size_mib for p in parts)) * MiB
+    disks = []
+    for planned_disk in plan.disks:
+        image = work / f"{planned_disk.name}.raw"
         with open(image, "wb") as f:
-            f.truncate(size)
+            f.truncate(planned_disk.size)
         device = parted.getDevice(str(image))
-        disk = parted.freshDisk(device, table)
-        entries, planned, start = [], [], MiB
-        for number, part in enumerate(parts, 1):
-            length = part.size_mib * MiB
-            geometry = parted.Geometry(device=device, start=start // 512, length=length // 512)
+        disk = parted.freshDisk(device, planned_disk.label)
+        entries = []
+        for part in planned_disk.partitions:
+            assert not part.logical, "the stand-in makes primary partitions only"
+            geometry = parted.Geometry(
+                device=device, start=part.start // 512, length=part.size // 512
+            )
             new = parted.Partition(disk=disk, type=parted.PARTITION_NORMAL, geometry=geometry)
             disk.addPartition(new, constraint=parted.Constraint(exactGeom=geometry))
+            assert new.number == part.number
             if part.fstype == "biosboot":
                 new.setFlag(parted.PARTITION_BIOS_GRUB)
             elif part.fstype == "efi":
                 new.setFlag(getattr(parted, "PARTITION_ESP", parted.PARTITION_BOOT))
             entries.append(
                 {
-                    "number": number,
-                    "start": start,
-                    "size": length,
+                    "number": part.number,
+                    "start": part.start,
+                    "size": part.size,
                     "fstype": part.fstype,
                     "mountpoint": part.mountpoint,
-                    "uuid": part.uuid,
-                    "label": None,
+                    "uuid": UUIDS.get(part.mountpoint or ""),
+                    "label": part.label,
                 }
             )
-            planned.append(
-                {
-                    "number": number,
-                    "mountpoint": part.mountpoint,
-                    "fstype": part.fstype,
-                    "start": start,
-                    "size": length,
-                    "label": None,
-                    "fsoptions": None,
-                    "mkfsoptions": None,
-                    "fsprofile": None,
-                    "logical": False,
-                }
-            )
-            start += length
         disk.commitToDevice()  # a plain file: no kernel to tell
-        for entry, part in zip(entries, parts, strict=True):
-            _mkfs(image, entry["start"], entry["size"], part, contents.get(part.mountpoint))
-        disks.append({"name": name, "file": str(image), "partitions": entries})
-        plan.append({"name": name, "size": size, "label": table, "partitions": planned})
+        for part in planned_disk.partitions:
+            _mkfs(image, part, contents.get(part.mountpoint or ""))
+        disks.append({"name": planned_disk.name, "file": str(image), "partitions": entries})
     shutil.rmtree(staged)
-    return Built({"disks": disks}, {"disks": plan})
+    return Built({"disks": disks}, plan.to_dict())
 
 
-SETTINGS = {
-    "location": "mbr",
-    "append": "ksbake.poweroff",
-    "timeout": 0,
-    "boot_drive": None,
-    "password": None,
-    "password_crypted": False,
-    "disabled": False,
-    "nombr": False,
-    "extlinux": False,
-    "sdboot": False,
-}
+SETTINGS = _settings("bootloader --location=mbr --append=ksbake.poweroff --timeout=0\n")
+"""The bootloader layer's input for this kickstart line (every key it reads)."""
 
-VARIANTS: dict[str, tuple[str, dict[str, tuple[str, list[Part]]]]] = {
-    # name: (firmware, layout)
-    "msdos-bios": (
-        "bios",
-        {
-            "sda": (
-                "msdos",
-                [Part("/boot", "ext4", 48, BOOT_UUID), Part("/", "ext4", 64, ROOT_UUID)],
-            )
-        },
-    ),
-    "gpt-bios": (
-        "bios",
-        {
-            "sda": (
-                "gpt",
-                [
-                    Part(None, "biosboot", 1),
-                    Part("/boot", "ext4", 48, BOOT_UUID),
-                    Part("/", "ext4", 64, ROOT_UUID),
-                ],
-            )
-        },
-    ),
-    "gpt-uefi": (
-        "uefi",
-        {
-            "sda": (
-                "gpt",
-                [
-                    Part("/boot/efi", "efi", 40, ESP_UUID),
-                    Part("/boot", "ext4", 48, BOOT_UUID),
-                    Part("/", "ext4", 64, ROOT_UUID),
-                ],
-            )
-        },
-    ),
-    "root-only": ("bios", {"sda": ("msdos", [Part("/", "ext4", 96, ROOT_UUID)])}),
+GPT = "clearpart --all --initlabel --disklabel=gpt\n"
+BIOSBOOT = "part biosboot --fstype=biosboot --size=1\n"
+ESP = "part /boot/efi --fstype=efi --size=40\n"
+BOOT_AND_ROOT = "part /boot --fstype=ext4 --size=48\npart / --fstype=ext4 --size=64\n"
+
+VARIANTS: dict[str, tuple[str, str | Plan]] = {
+    # name: (firmware, the kickstart's partitioning or, where the planner cannot make it, a Plan)
+    "msdos-bios": ("bios", BOOT_AND_ROOT),
+    "gpt-bios": ("bios", GPT + BIOSBOOT + BOOT_AND_ROOT),
+    "gpt-uefi": ("uefi", GPT + ESP + BOOT_AND_ROOT),
+    "root-only": ("bios", "part / --fstype=ext4 --size=96\n"),
+    # an msdos and a GPT disk: a kickstart has one disklabel for all its disks
     "boot-on-sdb": (
         "bios",
-        {
-            "sda": ("msdos", [Part("/", "ext4", 64, ROOT_UUID)]),
-            "sdb": ("gpt", [Part(None, "biosboot", 1), Part("/boot", "ext4", 48, BOOT_UUID)]),
-        },
-    ),
-    "hybrid": (
-        "bios+uefi",
-        {
-            "sda": (
-                "gpt",
-                [
-                    Part(None, "biosboot", 1),
-                    Part("/boot/efi", "efi", 40, ESP_UUID),
-                    Part("/boot", "ext4", 48, BOOT_UUID),
-                    Part("/", "ext4", 64, ROOT_UUID),
-                ],
+        Plan(
+            disks=(
+                DiskPlan("sda", 66 * MiB, "msdos", (PartitionPlan(1, "/", "ext4", MiB, 64 * MiB),)),
+                DiskPlan(
+                    "sdb",
+                    51 * MiB,
+                    "gpt",
+                    (
+                        PartitionPlan(1, None, "biosboot", MiB, MiB),
+                        PartitionPlan(2, "/boot", "ext4", 2 * MiB, 48 * MiB),
+                    ),
+                ),
             )
-        },
+        ),
     ),
+    "hybrid": ("bios+uefi", GPT + BIOSBOOT + ESP + BOOT_AND_ROOT),
 }
+
+
+def variant_plan(name: str) -> Plan:
+    layout = VARIANTS[name][1]
+    return planned(layout) if isinstance(layout, str) else layout
 
 
 def build_variant(tree: Path, work: Path, name: str, **settings) -> tuple[Built, dict]:
-    firmware, layout = VARIANTS[name]
-    built = make_disks(tree, work / "in", layout)
+    firmware = VARIANTS[name][0]
+    built = make_disks(tree, work / "in", variant_plan(name))
     result = bootloader.install(
         built.disks,
         built.plan,
@@ -731,7 +679,7 @@ def test_location_none_and_nombr(tree: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_gpt_without_biosboot_is_explained(tree: Path, tmp_path: Path) -> None:
-    layout = {"sda": ("gpt", [Part("/", "ext4", 64, ROOT_UUID)])}
+    layout = planned(GPT + "part / --fstype=ext4 --size=64\n")
     built = make_disks(tree, tmp_path / "in", layout)
     with pytest.raises(BuildError, match="no BIOS boot partition.*part biosboot"):
         bootloader.install(
@@ -785,7 +733,7 @@ def test_boot(
     print(f"\nBOOT {variant} ({firmware}): KSBAKE-BOOT-OK after {booted.seconds:.1f} s")
     mounts = {mnt: fstype for _, mnt, fstype, _ in booted.mounts()}
     assert mounts.get("/") == "ext4", booted.log_text[-3000:]
-    for part in (p for _, parts in VARIANTS[variant][1].values() for p in parts):
+    for part in (p for disk in variant_plan(variant).disks for p in disk.partitions):
         if part.mountpoint:
             want = "vfat" if part.fstype == "efi" else part.fstype
             assert mounts.get(part.mountpoint) == want, booted.log_text[-3000:]

@@ -18,26 +18,41 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import PROJECT
 from lxml import etree
 
 from ksbake import bundledrepo
 from ksbake.errors import BuildError
 
-PROJECT = Path(__file__).resolve().parents[1]
-
-BASE_NAMES = {
-    "filesystem",
-    "setup",
-    "busybox",
-    "kernel",
-    "ksbake-init",
-    "ksbake-release",
-    "rootfiles",
-    "ksbake-docs",
-    "ksbake-extras",
-    "ksbake-weak",
-    "ovirt-wui",
+# rpm adds these to what a spec says: /bin/sh for a package with a shell scriptlet or an
+# executable shell script.
+GENERATED_REQUIRES = {
+    "ksbake-init": {"/bin/sh"},
+    "ksbake-release": {"/bin/sh"},
+    "ovirt-wui": {"/bin/sh"},
 }
+
+
+def spec_tag(spec: str, tag: str) -> list[str]:
+    """The values of a preamble tag in repo/specs/SPEC.spec (``Requires`` also gives the
+    ``Requires(post)`` lines)."""
+    text = (bundledrepo.SPECS_DIR / f"{spec}.spec").read_text()
+    return re.findall(rf"^{tag}(?:\([^)]*\))?:\s*(.+?)\s*$", text, re.M)
+
+
+def spec_names() -> dict[str, str]:
+    """Package name -> its spec, for every spec of the bundled repository."""
+    return {spec_tag(p.stem, "Name")[0]: p.stem for p in bundledrepo.SPECS_DIR.glob("*.spec")}
+
+
+def comps_members(group: str, *kinds: str) -> set[str]:
+    """The packages of a group of repo/comps.xml, of these kinds (mandatory, default ...)."""
+    comps = etree.parse(str(bundledrepo.COMPS_FILE))
+    return {
+        req.text
+        for req in comps.xpath(f"/comps/group[id='{group}']/packagelist/packagereq")
+        if req.get("type") in kinds
+    }
 
 
 def debs_dir() -> Path:
@@ -110,7 +125,9 @@ def test_cpio_writer_output_is_read_by_cpio(tmp_path: Path) -> None:
 
 def test_every_package_has_a_spec_and_its_sources() -> None:
     specs = {p.stem for p in bundledrepo.SPECS_DIR.glob("*.spec")}
-    assert specs == set(bundledrepo.BASE_PACKAGES) == BASE_NAMES
+    assert specs == set(bundledrepo.BASE_PACKAGES)
+    assert all(name == spec for name, spec in spec_names().items())  # NAME.spec builds NAME
+    assert {spec for spec, _ in bundledrepo.UPDATE_PACKAGES} <= specs
     generated = {"busybox": {"busybox", "applets", "copyright"}, "kernel": set()}
     for name in specs:
         text = (bundledrepo.SPECS_DIR / f"{name}.spec").read_text()
@@ -122,28 +139,21 @@ def test_every_package_has_a_spec_and_its_sources() -> None:
                 assert (bundledrepo.FILES_DIR / name / source).is_file(), (name, source)
 
 
-def test_comps_groups() -> None:
+def test_comps_groups_name_packages_of_the_repository() -> None:
     comps = etree.parse(str(bundledrepo.COMPS_FILE))
-
-    def members(group: str, kind: str) -> set[str]:
-        return set(
-            comps.xpath(f"/comps/group[id='{group}']/packagelist/packagereq[@type='{kind}']/text()")
-        )
-
-    assert members("core", "mandatory") == {
-        "filesystem",
-        "setup",
-        "busybox",
-        "ksbake-init",
-        "ksbake-release",
-    }
-    assert members("core", "default") == {"rootfiles"}
-    assert members("core", "optional") == {"ksbake-extras"}
-    assert members("docs", "mandatory") == {"ksbake-docs"}
-    assert members("ovirt", "mandatory") == {"ovirt-wui"}
-    assert comps.xpath("/comps/environment[id='minimal-environment']/grouplist/groupid/text()") == [
-        "core"
-    ]
+    packages = spec_names()
+    assert set(comps.xpath("//packagereq/text()")) <= set(packages)
+    groups = comps.xpath("/comps/group/id/text()")
+    assert len(set(groups)) == len(groups)
+    assert set(comps.xpath("/comps/environment//groupid/text()")) <= set(groups)
+    assert set(comps.xpath("//packagereq/@type")) <= {"mandatory", "default", "optional"}
+    # @core installs by itself: what its packages require, its mandatory ones provide
+    core = comps_members("core", "mandatory")
+    provided = core | {p for name in core for p in spec_tag(packages[name], "Provides")}
+    for name in comps_members("core", "mandatory", "default", "optional"):
+        assert set(spec_tag(packages[name], "Requires")) <= provided, name
+    # the kernel is added by the kickstart (configs/demo.ks: @core and kernel)
+    assert "kernel" not in comps_members("core", "mandatory", "default", "optional")
 
 
 def test_failed_build_leaves_out_dir_alone(tmp_path: Path, monkeypatch) -> None:
@@ -202,27 +212,19 @@ def test_layout_and_package_list(built: Path) -> None:
     for rpm in (built / "base").glob("Packages/*.rpm"):
         name, arch = rpmq(rpm, "--qf", "%{NAME} %{ARCH}")[0].split()
         nevras[name] = arch
-    assert set(nevras) == BASE_NAMES
-    assert nevras["kernel"] == nevras["busybox"] == "x86_64"
-    assert {a for n, a in nevras.items() if n not in ("kernel", "busybox")} == {"noarch"}
+    names = spec_names()
+    assert set(nevras) == set(names)
+    for name, arch in nevras.items():
+        assert arch == (spec_tag(names[name], "BuildArch") or ["x86_64"])[0], name
     for repo in ("base", "updates"):
         assert (built / repo / "repodata" / "repomd.xml").is_file()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("name", "requires"),
-    [
-        ("setup", {"filesystem"}),
-        ("busybox", {"filesystem"}),
-        ("kernel", {"filesystem"}),
-        ("ksbake-init", {"filesystem", "busybox", "/bin/sh"}),
-        ("ksbake-release", {"filesystem", "setup", "busybox", "/bin/sh"}),
-        ("rootfiles", {"filesystem"}),
-        ("ovirt-wui", {"busybox", "ksbake-init", "/bin/sh"}),
-    ],
-)
-def test_requires(built: Path, name: str, requires: set[str]) -> None:
+@pytest.mark.parametrize("name", sorted(spec_names()))
+def test_requires(built: Path, name: str) -> None:
+    """What the spec requires, plus what rpm generates, and nothing else."""
+    requires = set(spec_tag(spec_names()[name], "Requires")) | GENERATED_REQUIRES.get(name, set())
     got = set(rpmq(package(built / "base", name), "--requires"))
     assert requires <= got
     # Nothing else but rpmlib features and the config() dependency of %config files.
@@ -285,9 +287,11 @@ def test_kernel_package(built: Path, tmp_path: Path) -> None:
         assert f"/boot/{name}-{kver}{suffix}" in files
     moddir = f"/usr/lib/modules/{kver}"
     assert f"{moddir}/modules.dep" in files
-    modules = {Path(f).name for f in files if f.endswith(".ko")}
-    needed = "ext4 xfs jbd2 crc32c_generic virtio_blk virtio_scsi sd_mod ata_piix ahci vfat"
-    assert {f"{m}.ko" for m in needed.split()} <= modules
+    kos = [Path(f).name for f in files if f.endswith(".ko")]
+    modules = {ko.removesuffix(".ko").replace("-", "_") for ko in kos}  # nls_iso8859-1.ko
+    # what the initramfs loads, the root filesystems it tries, and a dependency of ext4
+    needed = {*bundledrepo.INITRAMFS_MODULES, *bundledrepo.ROOT_FILESYSTEMS, "jbd2"}
+    assert needed <= modules
     assert len(modules) < 60  # only what a disk boot needs
 
     # The version comes from the Debian package.
@@ -316,7 +320,7 @@ def test_kernel_package(built: Path, tmp_path: Path) -> None:
         check=True,
     )
     load_order = (tmp_path / "etc" / "initramfs-modules").read_text().split()
-    assert load_order[0] == "crc32c_generic"
+    assert [m.replace("-", "_") for m in load_order] == list(bundledrepo.INITRAMFS_MODULES)
     dep = (tmp_path / "lib" / "modules" / kver / "modules.dep").read_text()
     assert re.search(r"^kernel/fs/ext4/ext4.ko: .*jbd2.ko", dep, re.M)
 
@@ -327,8 +331,14 @@ def test_comps_in_repodata(built: Path) -> None:
     ns = {"r": "http://linux.duke.edu/metadata/repo"}
     (href,) = repomd.xpath("/r:repomd/r:data[@type='group']/r:location/@href", namespaces=ns)
     comps = etree.parse(str(built / "base" / href))
-    assert set(comps.xpath("/comps/group/id/text()")) == {"core", "docs", "ovirt"}
-    assert comps.xpath("/comps/environment/id/text()") == ["minimal-environment"]
+    source = etree.parse(str(bundledrepo.COMPS_FILE))  # repo/comps.xml, as createrepo_c got it
+    for query in ("/comps/group/id/text()", "/comps/environment/id/text()"):
+        assert comps.xpath(query) == source.xpath(query), query
+    for group in source.xpath("/comps/group/id/text()"):
+        reqs = f"/comps/group[id='{group}']/packagelist/packagereq"
+        assert [(r.text, r.get("type")) for r in comps.xpath(reqs)] == [
+            (r.text, r.get("type")) for r in source.xpath(reqs)
+        ], group
     assert repomd.xpath("/r:repomd/r:revision/text()", namespaces=ns) == [
         str(bundledrepo.SOURCE_DATE_EPOCH)
     ]
@@ -427,16 +437,11 @@ def dnf_install(
 def test_dnf_installs_core_and_kernel(built: Path, tmp_path: Path) -> None:
     root, installed = dnf_install(built, tmp_path, ["@core", "kernel"])
     names = {re.sub(r"-(\d+:)?[^-]+-[^-]+$", "", nevra) for nevra in installed}
-    assert names == {
-        "filesystem",
-        "setup",
-        "busybox",
-        "kernel",
-        "ksbake-init",
-        "ksbake-release",
-        "rootfiles",
-        "ksbake-weak",  # the weak dependency
-    }
+    wanted = comps_members("core", "mandatory", "default") | {"kernel"}
+    specs = spec_names()
+    weak = {w for name in wanted for w in spec_tag(specs[name], "Recommends")}
+    assert weak  # ksbake-release recommends ksbake-weak
+    assert names == wanted | weak
     # The %post ran inside the installroot: it read the installed /etc/ksbake-release.
     post = (root / "var/lib/ksbake/release-post-ran").read_text()
     assert post == "ksbake-release 1-1 %post ran\nksbake release 1 (bundled)\n"

@@ -9,42 +9,32 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import CORPUS, corpus_primaries, skip_without_corpus
+from conftest import (
+    CORPUS,
+    KICKSTARTS,
+    MISSING_INCLUDES,
+    corpus_primaries,
+    skip_without_corpus,
+)
 from pykickstart.parser import KickstartParser
 from pykickstart.version import makeVersion
 
 from ksbake.errors import KickstartError
 from ksbake.kickstart import DEFAULT_SYNTAX, canonical_sections, load
 
-KICKSTARTS = CORPUS / "kickstarts"
-
 skip_without_corpus()
 
 PRIMARIES = corpus_primaries()
-
-# (local_path, "default" | "notes") -> (file that is named, line, text on that line,
-# words in the message). Failures independent of the syntax are keyed by both. Anything
-# not listed must parse in strict mode; in compat mode only MISSING_INCLUDES may fail.
-MISSING_INCLUDES = {
-    "kickstarts/srbala__fedora-kickstarts/fedora-modular-arm-server.ks": (
-        "srbala__fedora-kickstarts/fedora-modular-arm-server.ks",
-        1,
-        "%include",
-        "%include fedora-arm-base.ks",
-    ),
-    "kickstarts/weldr__lorax/docs/fedora-minimal.ks": (
-        "weldr__lorax/docs/fedora-minimal.ks",
-        79,
-        "%include /tmp/arch-packages.ks",
-        "does not exist (it is probably written by a %pre script",
-    ),
-}
 
 AUTH = "'auth' was removed from kickstart syntax (F40 rejects it, F34 was the last to accept it)"
 INSTALL = "'install' was removed from kickstart syntax"
 NOBASE = "'%packages --nobase' was removed from kickstart syntax (delete the option, or build"
 EXTLINUX = "'bootloader ... extlinux' is old syntax"
 
+# (local_path, "default" | "notes") -> (file that is named, line, text on that line,
+# words in the message). Failures independent of the syntax are keyed by both. Anything
+# not listed must parse in strict mode; in compat mode only MISSING_INCLUDES (conftest) may
+# fail.
 STRICT_FAILURES: dict[tuple[str, str], tuple[str, int, str, str]] = {
     ("kickstarts/srbala__fedora-kickstarts/fedora-eln-guest.ks", "default"): (
         "srbala__fedora-kickstarts/fedora-eln-guest.ks",

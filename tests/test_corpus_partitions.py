@@ -11,21 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import CORPUS, corpus_primaries, skip_without_corpus
+from conftest import KICKSTARTS, corpus_primaries, skip_without_corpus
+from conftest import MISSING_INCLUDES as UNPARSEABLE
 
 from ksbake.errors import KickstartError
 from ksbake.kickstart import DEFAULT_SYNTAX, load
 from ksbake.layers.l1_kickstart.partitions import plan, plan_with_warnings
 from ksbake.layout import MiB, Plan
 
-KICKSTARTS = CORPUS / "kickstarts"
-
 skip_without_corpus()
 
-MISSING_INCLUDES = {
-    "srbala__fedora-kickstarts/fedora-modular-arm-server.ks",
-    "weldr__lorax/docs/fedora-minimal.ks",
-}
+MISSING_INCLUDES = {local.removeprefix("kickstarts/") for local in UNPARSEABLE}
 """Fail to parse even in compat mode (an %include that is not in the corpus)."""
 
 

@@ -22,19 +22,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import CORPUS
+from conftest import corpus_file
 from lxml import etree
 
 from ksbake.errors import ConfigError
+from ksbake.formats import FORMATS
 from ksbake.hashing import sha256_file
 from ksbake.layers import l8_descriptor as dsc
 from ksbake.layers.l8_descriptor import Appliance, DiskImage
 
 GOLDEN = Path(__file__).parent / "data" / "descriptors"
 REGENERATE = os.environ.get("KSBAKE_REGENERATE_GOLDEN") == "1"
-IMAGE_RNG = CORPUS / "virt-image" / "schema" / "image.rng"
-CORPUS_LIBVIRT = CORPUS / "descriptors" / "libvirt"
-CORPUS_OVF = CORPUS / "descriptors" / "ovf"
 OVF = dsc.OVF_NS
 RASD = dsc.RASD_NS
 GiB = 1024**3
@@ -182,7 +180,8 @@ def test_output_is_deterministic() -> None:
 
 @pytest.fixture(scope="module")
 def image_rng() -> etree.RelaxNG:
-    return etree.RelaxNG(etree.parse(str(IMAGE_RNG)))
+    """virt-image's RelaxNG grammar from the corpus (the tests using it skip without it)."""
+    return etree.RelaxNG(etree.parse(str(corpus_file("virt-image", "schema", "image.rng"))))
 
 
 def schema_errors(rng: etree.RelaxNG, doc: etree._Element) -> list[str]:
@@ -294,6 +293,22 @@ def test_virt_image_rejects_what_virt_image_cannot_read() -> None:
         dsc.virt_image_xml(vhdx)
 
 
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_descriptors_take_the_formats_the_table_says(fmt: str) -> None:
+    """ksbake.formats.FORMATS says which descriptor can reference which format."""
+    app = Appliance("v", (disk("sda", "v", fmt, GiB, 100),))
+    writers = [
+        (FORMATS[fmt].virt_image, "virt-image", lambda: dsc.virt_image_xml(app)),
+        (FORMATS[fmt].libvirt, "libvirt", lambda: dsc.libvirt_domain_xml(app, [f"/v-sda.{fmt}"])),
+    ]
+    for accepted, what, write in writers:
+        if accepted:
+            assert write(), what
+        else:
+            with pytest.raises(ConfigError, match=what):
+                write()
+
+
 def test_boot_disk_comes_first_everywhere() -> None:
     app = CASES["vmdk-2disk"]
     assert [d.disk for d in app.ordered_disks()] == ["sdb", "sda"]
@@ -377,7 +392,7 @@ def test_libvirt_errors() -> None:
 def corpus_domains() -> list[etree._Element]:
     """The corpus import domains (the ovf2libvirt files have virt-convert output after them)."""
     docs = []
-    for path in sorted(CORPUS_LIBVIRT.iterdir()):
+    for path in sorted(corpus_file("descriptors", "libvirt").iterdir()):
         text = path.read_text()
         docs.append(etree.fromstring(text[: text.index("</domain>") + len("</domain>")]))
     return docs
@@ -470,7 +485,8 @@ def ovf_paths(root: etree._Element) -> set[str]:
 
 
 def corpus_ovfs() -> dict[str, etree._Element]:
-    return {p.name: etree.parse(str(p)).getroot() for p in sorted(CORPUS_OVF.glob("*.ovf"))}
+    exports = sorted(corpus_file("descriptors", "ovf").glob("*.ovf"))
+    return {p.name: etree.parse(str(p)).getroot() for p in exports}
 
 
 REQUIRED_OVF_PATHS = {

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import planned
 
 from ksbake import sandbox
 from ksbake.errors import BuildError
@@ -211,19 +212,10 @@ def test_msdos_boot_and_root(tmp_path: Path, layers: list[Path]) -> None:
     import parted
 
     before = {str(layer): snapshot(layer) for layer in layers}
-    plan = Plan(
-        disks=(
-            DiskPlan(
-                "sda",
-                200 * MiB,
-                "msdos",
-                (
-                    PartitionPlan(1, "/boot", "ext4", 1 * MiB, 64 * MiB),
-                    PartitionPlan(2, "/", "ext4", 65 * MiB, 120 * MiB, label="root"),
-                    PartitionPlan(3, None, "swap", 185 * MiB, 15 * MiB),
-                ),
-            ),
-        )
+    plan = planned(
+        "part /boot --fstype=ext4 --size=64\n"
+        "part / --fstype=ext4 --size=120 --label=root\n"
+        "part swap --size=15\n"
     )
     out = tmp_path / "out"
     result = build(plan, layers, out)
@@ -307,28 +299,16 @@ def test_gpt_efi_swap_and_xfs_on_a_second_disk(tmp_path: Path, layers: list[Path
     _need(*TOOLS, *XFS_TOOLS)
     import parted
 
-    plan = Plan(
-        disks=(
-            DiskPlan(
-                "sda",
-                256 * MiB,
-                "gpt",
-                (
-                    PartitionPlan(1, None, "biosboot", 1 * MiB, 1 * MiB),
-                    PartitionPlan(2, "/boot/efi", "efi", 2 * MiB, 40 * MiB),
-                    PartitionPlan(3, "/boot", "ext4", 42 * MiB, 64 * MiB),
-                    PartitionPlan(4, None, "swap", 106 * MiB, 16 * MiB, label="swap0"),
-                    PartitionPlan(5, "/", "ext4", 122 * MiB, 133 * MiB),
-                ),
-            ),
-            DiskPlan(
-                "sdb",
-                400 * MiB,
-                "gpt",
-                (PartitionPlan(1, "/data", "xfs", 1 * MiB, 398 * MiB, label="data"),),
-            ),
-        )
+    plan = planned(
+        "clearpart --all --initlabel --disklabel=gpt\n"
+        "part biosboot --fstype=biosboot --size=1 --ondisk=sda\n"
+        "part /boot/efi --fstype=efi --size=40 --ondisk=sda\n"
+        "part /boot --fstype=ext4 --size=64 --ondisk=sda\n"
+        "part swap --size=16 --label=swap0 --ondisk=sda\n"
+        "part / --fstype=ext4 --size=133 --ondisk=sda\n"
+        "part /data --fstype=xfs --size=398 --label=data --ondisk=sdb\n"
     )
+    assert [(d.name, d.size) for d in plan.disks] == [("sda", 256 * MiB), ("sdb", 400 * MiB)]
     out = tmp_path / "out"
     result = build(plan, layers, out)
     sda, sdb = out / "sda.raw", out / "sdb.raw"
@@ -437,15 +417,23 @@ def test_msdos_six_partitions_uses_logical_ones(tmp_path: Path, layers: list[Pat
     _need(*TOOLS)
     import parted
 
-    parts = (
-        PartitionPlan(1, "/boot", "ext4", 1 * MiB, 32 * MiB),
-        PartitionPlan(2, "/", "ext4", 33 * MiB, 48 * MiB),
-        PartitionPlan(3, "/var", "ext4", 81 * MiB, 16 * MiB),
-        PartitionPlan(5, "/home", "ext2", 98 * MiB, 16 * MiB, logical=True),
-        PartitionPlan(6, None, "swap", 115 * MiB, 8 * MiB, logical=True),
-        PartitionPlan(7, "/data", "ext3", 124 * MiB, 16 * MiB, logical=True),
+    plan = planned(
+        "part /boot --fstype=ext4 --size=32\n"
+        "part / --fstype=ext4 --size=48\n"
+        "part /var --fstype=ext4 --size=16\n"
+        "part /home --fstype=ext2 --size=16\n"
+        "part swap --size=8\n"
+        "part /data --fstype=ext3 --size=16\n"
     )
-    plan = Plan(disks=(DiskPlan("sda", 141 * MiB, "msdos", parts),))
+    parts = plan.disks[0].partitions
+    assert [(p.number, p.logical) for p in parts] == [
+        (1, False),
+        (2, False),
+        (3, False),
+        (5, True),
+        (6, True),
+        (7, True),
+    ]
     out = tmp_path / "out"
     result = build(plan, layers, out)
     image = out / "sda.raw"
@@ -521,19 +509,12 @@ def test_too_big_is_one_clear_error(tmp_path: Path, layers: list[Path]) -> None:
     _need(*TOOLS)
     (layers[1] / "usr/big").write_bytes(os.urandom(30 * MiB))
     (layers[1] / "boot/efi/EFI/big.bin").write_bytes(os.urandom(40 * MiB))
-    plan = Plan(
-        disks=(
-            DiskPlan(
-                "sda",
-                120 * MiB,
-                "gpt",
-                (
-                    PartitionPlan(1, "/boot/efi", "efi", 1 * MiB, 38 * MiB),
-                    PartitionPlan(2, "/boot", "ext4", 39 * MiB, 40 * MiB),
-                    PartitionPlan(3, "/", "ext4", 79 * MiB, 20 * MiB),
-                ),
-            ),
-        )
+    plan = planned(
+        "clearpart --all --initlabel --disklabel=gpt\n"
+        "part /boot/efi --fstype=efi --size=38\n"
+        "part /boot --fstype=ext4 --size=40\n"
+        "part / --fstype=ext4 --size=20\n",
+        sda=120,  # free space at the end: no --grow
     )
     out = tmp_path / "out"
     with pytest.raises(BuildError) as caught:
@@ -613,16 +594,8 @@ def test_mkfsoptions_fsprofile_label_and_ext2(tmp_path: Path, layers: list[Path]
 @pytest.mark.slow
 def test_mkfsoptions_may_not_override_the_uuid(tmp_path: Path, layers: list[Path]) -> None:
     _need(*TOOLS)
-    plan = Plan(
-        disks=(
-            DiskPlan(
-                "sda",
-                64 * MiB,
-                "msdos",
-                (PartitionPlan(1, "/", "ext4", 1 * MiB, 63 * MiB, mkfsoptions="-U random"),),
-            ),
-        )
-    )
+    # the planner passes --mkfsoptions through: the disks layer owns the filesystem ids
+    plan = planned('part / --fstype=ext4 --size=63 --mkfsoptions="-U random"\n')
     with pytest.raises(BuildError, match=r"may not contain '-U'"):
         build(plan, layers, tmp_path / "out")
     assert leftovers(tmp_path) == []
@@ -633,18 +606,10 @@ def test_esp_symlinks_resolve_inside_the_tree(tmp_path: Path, layers: list[Path]
     _need(*TOOLS)
     esp_dir = layers[1] / "boot/efi/EFI/BOOT"
     os.symlink("/etc/hostname", esp_dir / "hostname.txt")  # absolute: must not reach the host
-    plan = Plan(
-        disks=(
-            DiskPlan(
-                "sda",
-                100 * MiB,
-                "gpt",
-                (
-                    PartitionPlan(1, "/boot/efi", "efi", 1 * MiB, 20 * MiB),
-                    PartitionPlan(2, "/", "ext4", 21 * MiB, 78 * MiB),
-                ),
-            ),
-        )
+    plan = planned(
+        "clearpart --all --initlabel --disklabel=gpt\n"
+        "part /boot/efi --fstype=efi --size=20\n"
+        "part / --fstype=ext4 --size=78\n"
     )
     result = build(plan, layers, tmp_path / "out")
     esp = part(result, "sda", 1)
@@ -679,19 +644,17 @@ def _fs(disk: DiskPlan, number: int) -> model.Fs:
 
 
 def test_fstab_lines() -> None:
-    disk = DiskPlan(
-        "sda",
-        300 * MiB,
-        "gpt",
-        (
-            PartitionPlan(1, "/boot/efi", "efi", 1 * MiB, 50 * MiB),
-            PartitionPlan(2, "/", "xfs", 51 * MiB, 200 * MiB, fsoptions="noatime"),
-            PartitionPlan(3, None, "swap", 251 * MiB, 10 * MiB),
-            PartitionPlan(4, "/boot", "ext4", 261 * MiB, 30 * MiB),
-        ),
+    plan = planned(
+        "clearpart --all --initlabel --disklabel=gpt\n"
+        "part / --fstype=xfs --size=200 --fsoptions=noatime\n"
+        "part swap --size=10\n"
+        "part /boot --fstype=ext4 --size=30\n"
+        "part /boot/efi --fstype=efi --size=50\n"  # the planner puts the ESP first
     )
+    (disk,) = plan.disks
+    assert [p.mountpoint for p in disk.partitions] == ["/boot/efi", "/", None, "/boot"]
     fss = [_fs(disk, n) for n in (1, 2, 3, 4)]
-    text = split.fstab_text(Plan(disks=(disk,)), fss)
+    text = split.fstab_text(plan, fss)
     rows = [line.split() for line in text.splitlines() if not line.startswith("#")]
     assert [r[1] for r in rows] == ["/", "/boot", "/boot/efi", "none"]  # parents first
     assert rows[0][2:] == ["xfs", "noatime", "0", "0"]
@@ -784,8 +747,7 @@ def test_splice_keeps_holes(tmp_path: Path) -> None:
 
 
 def test_too_big_message_when_mkfs_runs_out() -> None:
-    disk = DiskPlan("sda", 100 * MiB, "msdos", (PartitionPlan(1, "/", "ext4", MiB, 50 * MiB),))
-    fs = _fs(disk, 1)
+    fs = _fs(planned("part / --fstype=ext4 --size=50\n").disks[0], 1)
     fs.capacity, fs.need = 45 * MiB, 44 * MiB
     fs.content.apparent = 40 * MiB
     err = model._too_big_error([fs], ran_out=True)

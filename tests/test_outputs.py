@@ -13,16 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Workspace, copy_config, demo_kickstart
+from conftest import Workspace, copy_config, demo_kickstart, fails, ok
 from lxml import etree
 
 from ksbake import qemu
 
 pytestmark = pytest.mark.slow
-
-
-def ok(result) -> None:  # noqa: ANN001
-    assert result.rc == 0, f"doit failed:\nSTDOUT:\n{result.out}\nSTDERR:\n{result.err}"
 
 
 def sha256(path: Path) -> str:
@@ -146,14 +142,6 @@ def test_ovirt_wui_two_disks_in_the_descriptor(workspace: Workspace) -> None:
 # -- bad input --------------------------------------------------------------------------------
 
 
-def _fails(ws: Workspace, *needles: str) -> None:
-    r = ws.doit("appliance:demo")
-    assert r.rc != 0, r.out
-    assert "ksbake: error:" in r.err and "Traceback" not in r.err, r.err
-    for needle in needles:
-        assert needle in r.err, r.err
-
-
 @pytest.mark.parametrize(
     ("toml", "needles"),
     [
@@ -166,7 +154,7 @@ def _fails(ws: Workspace, *needles: str) -> None:
 def test_invalid_settings(workspace: Workspace, toml: str, needles: tuple[str, ...]) -> None:
     workspace.write("demo.ks", demo_kickstart())
     workspace.write("demo.toml", toml)
-    _fails(workspace, *needles)
+    fails(workspace, *needles)
 
 
 def test_failed_build_leaves_published_appliance_intact(demo: Workspace) -> None:
@@ -175,7 +163,7 @@ def test_failed_build_leaves_published_appliance_intact(demo: Workspace) -> None
     before = snapshot(out)
     # fails at the descriptor layer, after a successful conversion
     demo.write("demo.toml", 'formats = ["qcow2"]\nova = true\n')
-    _fails(demo, "ova = true needs streamOptimized vmdk disks")
+    fails(demo, "ova = true needs streamOptimized vmdk disks")
     assert snapshot(out) == before
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".demo.")]
 
@@ -187,7 +175,7 @@ def test_output_directory_not_writable(demo: Workspace) -> None:
     demo.write("demo.toml", 'formats = ["qcow2", "vmdk"]\nmemory = 768\n')
     subprocess.run(["chattr", "+i", str(out_root)], check=True)  # even root cannot write
     try:
-        _fails(demo, "cannot publish demo into", str(out_root))
+        fails(demo, "cannot publish demo into", str(out_root))
     finally:
         subprocess.run(["chattr", "-i", str(out_root)], check=True)
     assert snapshot(out_root / "demo") == before
@@ -222,7 +210,7 @@ def test_full_disk_during_conversion(workspace: Workspace, small_store: Path) ->
         ["fallocate", "-l", str(free - 2 * 1024 * 1024), str(small_store / "filler")], check=True
     )
     ws.write("demo.toml", 'formats = ["qcow2", "vdi"]\nqcow2_compression = "none"\n')
-    _fails(ws, "no space left on device")
+    fails(ws, "no space left on device")
     assert snapshot(out) == before
     assert not list((small_store / "staging").iterdir())
     (small_store / "filler").unlink()
