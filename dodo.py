@@ -11,6 +11,7 @@ from tasks.common import PATHS, XxhashChecker
 from tasks.gc import task_gc  # noqa: F401
 from tasks.layers import creators
 from tasks.repo import task_repo  # noqa: F401
+from tasks.verify import task_verify  # noqa: F401
 
 globals().update(creators())  # task_kickstart ... task_publish, one per layer of the chain
 setup_logging()

@@ -49,29 +49,35 @@ def objects(store: Path) -> dict[str, Obj]:
     return found
 
 
-def referenced(paths: Paths) -> set[str]:
-    """Keys the appliances of this workspace point at."""
+def referenced(paths: Paths, appliance: str = "*") -> set[str]:
+    """Keys the appliances of this workspace (or one of them) point at."""
     from ksbake.runner import ref_keys
 
     keys: set[str] = set()
-    for ref in paths.cache.glob("build/*/*.ref"):
+    for ref in paths.cache.glob(f"build/{appliance}/*.ref"):
         found = ref_keys(json.loads(ref.read_text()))
         keys.update(found.values() if isinstance(found, dict) else [found])
-    if paths.bundled_repo.is_symlink():
+    if paths.bundled_repo.is_symlink() and appliance == "*":
         keys.add(paths.bundled_repo.resolve().parent.name)
     return keys
+
+
+def closure(found: dict[str, Obj], keys: set[str]) -> set[str]:
+    """``keys`` and everything they are built on."""
+    keep: set[str] = set()
+    todo = [k for k in keys if k in found]
+    while todo:
+        key = todo.pop()
+        if key not in keep:
+            keep.add(key)
+            todo.extend(p for p in found[key].parents if p in found)
+    return keep
 
 
 def collect(paths: Paths, budget: int, *, dry_run: bool = False) -> list[Obj]:
     """Remove least recently used objects until the store fits ``budget`` bytes."""
     found = objects(paths.store)
-    keep: set[str] = set()
-    todo = [k for k in referenced(paths) if k in found]
-    while todo:  # what is referenced, and everything it is built on
-        key = todo.pop()
-        if key not in keep:
-            keep.add(key)
-            todo.extend(p for p in found[key].parents if p in found)
+    keep = closure(found, referenced(paths))  # what is referenced, and what it is built on
     for obj in found.values():
         obj.size = tree_size(obj.path)
     total = sum(o.size for o in found.values())

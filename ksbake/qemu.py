@@ -114,6 +114,7 @@ def build_argv(
     boot_disk: int = 0,
     ovmf: tuple[Path, Path] | None = None,
     qemu: str = QEMU,
+    snapshot: bool = True,
 ) -> list[str]:
     """QEMU's argv for ``disks`` ((path, format) in guest order); pure, for tests.
 
@@ -170,7 +171,8 @@ def build_argv(
         drive = f"disk{index}"
         argv += [
             "-drive",
-            f"file={_escape(path)},if=none,id={drive},format={fmt},snapshot=on",
+            f"file={_escape(path)},if=none,id={drive},format={fmt}"
+            + (",snapshot=on" if snapshot else ""),
         ]
         bootindex = f"bootindex={order.index(index)}"
         if bus == "virtio":
@@ -250,9 +252,11 @@ def boot(
     boot_disk: int = 0,
     wait_exit: bool = False,
     qemu: str | None = None,
+    snapshot: bool = True,
 ) -> BootResult:
     """Boot ``disks`` (guest order) until ``marker`` appears on the serial console.
 
+    ``snapshot=False`` boots the images read-write (a deployed copy does).
     ``wait_exit``: after the marker let the guest finish (e.g. power off with
     ``ksbake.poweroff``) within the same timeout, so the log holds what followed it.
     Raises BuildError on timeout or when QEMU ends before the marker, with the log's tail.
@@ -286,6 +290,7 @@ def boot(
             boot_disk=boot_disk,
             ovmf=ovmf,
             qemu=binary,
+            snapshot=snapshot,
         )
         stderr_path = tmp / "qemu.stderr"
         return _watch(argv, log, stderr_path, marker, timeout, wait_exit)

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ksbake.errors import BuildError
 from ksbake.hashing import canonical_json, layer_key, write_if_changed
 from ksbake.paths import Paths
 
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from ksbake.kickstart import Kickstart
     from ksbake.layout import Plan
     from ksbake.settings import Settings
+    from ksbake.store import Store
 
 log = logging.getLogger("ksbake")
 
@@ -73,9 +75,9 @@ class Layer:
     build: str | None = None  # "module:fn"(job) -> meta; None: a custom ``step`` instead
     isolation: str = NAMESPACES
     each: str | None = None  # fan-out: one object per entry of ``inputs[each]``
+    checks: tuple[str, ...] = ()  # ancestor layers whose objects the build reads (verified)
     exports: tuple[str, ...] = ()  # object files copied to build/NAME/ (when changed)
     on_export: str | None = None  # "module:fn"(name, old_text, new_text): say what changed
-    sealed: bool = False  # its files are published: check them before reuse
     step: str | None = None  # "module:fn"(paths, name) for layers outside the store
     code: tuple[str, ...] = ()  # modules and packages under ksbake/ that are its code
 
@@ -212,6 +214,7 @@ def obtain(
     key = key_of(spec, keyed, discovered, parent_keys)
 
     def build(staging: Path) -> dict[str, Any]:
+        verify_inputs(Store(paths.store), spec, parents)
         job = Job(spec.name, key, inputs, parents, str(staging), probe.paths, discovered)
         if spec.isolation == IN_PROCESS or spec.discover is not None:
             # a layer with ``discover`` runs wholly in its worker (the caller): one dnf start
@@ -231,6 +234,36 @@ def obtain(
 
     obtained = Store(paths.store).obtain(spec.name, key, build)
     return Outcome(key, obtained.built, {**obtained.meta, "discovered": discovered})
+
+
+def verify_inputs(store: Store, spec: Layer, parents: dict[str, Any]) -> None:
+    """Before building from them: the objects the build reads (``parents`` and ``checks``)
+    still match their manifests. A corrupt one is removed, so the next run rebuilds it; its
+    bytes never reach a new object."""
+    todo = [
+        (name, item["key"])
+        for name, obj in parents.items()
+        for item in (obj.values() if "key" not in obj else [obj])
+    ]
+    seen: set[tuple[str, str]] = set()
+    while todo:
+        layer_name, key = todo.pop()
+        if (layer_name, key) in seen:
+            continue
+        seen.add((layer_name, key))
+        if layer_name in spec.parents or layer_name in spec.checks:
+            problems = store.verify(layer_name, key)
+            if problems:
+                store.evict(layer_name, key)
+                raise BuildError(
+                    f"the {layer_name} object {key[:16]} in the store is corrupt "
+                    f"({'; '.join(problems[:3])}): removed it",
+                    hint="run the build again: it rebuilds what was removed",
+                )
+        meta = store.read_meta(layer_name, key)
+        for parent, value in (meta.get("parents") or {}).items():
+            keys = value.values() if isinstance(value, dict) else [value]
+            todo += [(parent, k) for k in keys if parent in spec.checks]
 
 
 def build_in_worker(build: str, job: dict[str, Any]) -> dict[str, Any]:

@@ -52,6 +52,7 @@ class Settings:
     vcpus: int = 1
     memory: int = 512
     ova: bool = False
+    publish: str = "copy"
 
     def lock_inputs(self) -> dict[str, Any]:
         """The settings that the depsolve reads."""
@@ -169,6 +170,12 @@ FIELDS.update(
         "vcpus": Field((int,), "virtual CPUs (descriptor)", _positive),
         "memory": Field((int,), "memory in MiB (descriptor)", _positive),
         "ova": Field((bool,), "also package the OVF descriptor and vmdk disks as NAME.ova"),
+        "publish": Field(
+            (str,),
+            "copy (out/ never shares blocks with the store) or hardlink (no copy; boot them "
+            "with snapshot=on)",
+            _one_of("copy", "hardlink"),
+        ),
     }
 )
 

@@ -3,9 +3,11 @@
 Layout under the cache root::
 
     cache/
-      objects/<layer>/<key>/      committed objects; meta.json is written last, then the
-                                  staging directory is renamed here, so an object either
-                                  exists whole or not at all
+      objects/<layer>/<key>/      committed objects: manifest.json (every entry's type, mode,
+                                  owner and, for files, size and xxh3 digest), then meta.json
+                                  (with the manifest's digest), the data synced to disk, then
+                                  the staging directory renamed here: an object exists whole
+                                  or not at all, and its bytes can be checked (``verify``)
       staging/<layer>-<key>.<pid>/ objects being built (removed on failure; a killed build's
                                   leftovers are removed by the next build of that key)
       locks/<layer>-<key>.lock    one flock per key: two builds never build one object twice
@@ -13,16 +15,23 @@ Layout under the cache root::
 doit decides *when* to look; the store decides *whether* to build: ``obtain()`` first looks for
 a committed object with the key (another appliance with the same inputs, or a run after
 ``doit forget``, reuses it).
+
+What is checked when: reusing an object checks that it is committed and that its sealed files
+(disks, published) keep their size and mtime (stat only); building an object from its parents
+and publishing check the digests of what they read (``verify``); ``doit verify`` checks every
+object. A corrupt object is uncommitted and removed (``evict``), so the next run rebuilds it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import json
 import logging
 import os
 import shutil
+import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,7 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import xxhash
+
+from ksbake.hashing import canonical_json, file_digest
+
 META = "meta.json"
+MANIFEST = "manifest.json"
 log = logging.getLogger("ksbake")
 
 
@@ -53,9 +67,10 @@ class Store:
         return self.root / "objects" / layer / key
 
     def lookup(self, layer: str, key: str) -> Path | None:
-        """The committed object for ``key``, or None. Uncommitted leftovers never count."""
+        """The committed object for ``key``, or None. Uncommitted leftovers never count, nor
+        objects of a ksbake that wrote no manifest (they are built again, with one)."""
         path = self.object_dir(layer, key)
-        return path if (path / META).is_file() else None
+        return path if (path / META).is_file() and (path / MANIFEST).is_file() else None
 
     def read_meta(self, layer: str, key: str) -> dict[str, Any]:
         meta: dict[str, Any] = json.loads((self.object_dir(layer, key) / META).read_text())
@@ -120,6 +135,8 @@ class Store:
                     name: [(staging / name).stat().st_size, (staging / name).stat().st_mtime_ns]
                     for name in extra.pop("seal", [])
                 }
+                manifest = canonical_json(manifest_of(staging)) + "\n"
+                (staging / MANIFEST).write_text(manifest)
                 info = {
                     "layer": layer,
                     "key": key,
@@ -128,10 +145,13 @@ class Store:
                     **(meta or {}),
                     **extra,
                     **({"sealed": sealed} if sealed else {}),
+                    "manifest": xxhash.xxh3_128_hexdigest(manifest.encode()),
                 }
                 (staging / META).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+                _sync(staging)  # data, manifest and meta on disk before the rename commits
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(staging, final)
+                _fsync_dir(final.parent)
             except BaseException:
                 remove_tree(staging)
                 raise
@@ -156,11 +176,88 @@ class Store:
                 return False
         return True
 
+    def verify(self, layer: str, key: str) -> list[str]:
+        """What differs between a committed object and its manifest (empty: intact)."""
+        path = self.lookup(layer, key)
+        if path is None:
+            return ["not committed"]
+        return verify_dir(path)
+
+    def evict(self, layer: str, key: str) -> None:
+        """Uncommit (meta.json first) and remove an object found corrupt; under its lock."""
+        with self._locked(layer, key):
+            path = self.object_dir(layer, key)
+            with contextlib.suppress(FileNotFoundError):
+                (path / META).unlink()
+            remove_tree(path)
+
     @staticmethod
     def _touch(path: Path) -> None:
         """Record use (for least-recently-used garbage collection)."""
         with contextlib.suppress(OSError):
             os.utime(path / META)
+
+
+def manifest_of(top: Path) -> dict[str, list[Any]]:
+    """Every entry below ``top`` (symlinks not followed): type and mode, owner, and for files
+    size and xxh3 digest, for links their target, for devices their number."""
+    found: dict[str, list[Any]] = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, top)
+            if rel in (META, MANIFEST):
+                continue
+            st = os.lstat(path)
+            entry: list[Any] = [st.st_mode, st.st_uid, st.st_gid]
+            if stat.S_ISREG(st.st_mode):
+                entry += [st.st_size, file_digest(path)]
+            elif stat.S_ISLNK(st.st_mode):
+                entry.append(os.readlink(path))
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                entry.append(st.st_rdev)
+            found[rel] = entry
+    return found
+
+
+def verify_dir(path: Path) -> list[str]:
+    """Entries of a committed object that differ from its manifest (first ones first)."""
+    try:
+        text = (path / MANIFEST).read_text()
+        meta = json.loads((path / META).read_text())
+    except (OSError, ValueError):
+        return ["no manifest"]
+    if meta.get("manifest") != xxhash.xxh3_128_hexdigest(text.encode()):
+        return ["manifest.json was modified"]
+    want = json.loads(text)
+    have = manifest_of(path)
+    return sorted(
+        f"{rel}: {'missing' if rel not in have else 'unexpected' if rel not in want else 'changed'}"
+        for rel in want.keys() | have.keys()
+        if want.get(rel) != have.get(rel)
+    )
+
+
+def _sync(path: Path) -> None:
+    """Flush the filesystem holding ``path`` (every file just written, and the directories):
+    one syncfs instead of an fsync per file of a tree."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def remove_tree(path: Path) -> None:

@@ -60,8 +60,9 @@ def _published_current(name: str) -> bool:
 
 
 def _publish(layer: Layer, name: str) -> dict[str, Any]:
+    reads = ("convert.ref", "descriptor.ref", "lock.json", "inputs/publish.json")
     return {
-        "file_dep": [_build(name, f) for f in ("convert.ref", "descriptor.ref", "lock.json")],
+        "file_dep": [_build(name, f) for f in reads],
         "targets": [str(PATHS.out / name / "SHA256SUMS")],
         "uptodate": [(_published_current, [name])],
     }
@@ -84,8 +85,8 @@ def _stored(layer: Layer, name: str) -> dict[str, Any]:
         "targets": [ref, *(_build(name, f) for f in layer.exports)],
         "uptodate": [],
     }
-    if layer.sealed:  # published files: a read-write boot of one must not go unnoticed
-        task["uptodate"].append((objects_intact, [layer.name, ref]))
+    # the object still there (doit verify may have removed it), sealed files untouched
+    task["uptodate"].append((objects_intact, [layer.name, ref]))
     if layer.discover is not None:  # repository metadata may have moved (nightly)
         task["uptodate"].append((_lock_metadata_unchanged, [name]))
         if uses_bundled_repo(PATHS, name):

@@ -258,6 +258,7 @@ EDITS = [
     pytest.param(DEMO, 'releasever = "39"\n', {"lock": {"settings"}}, id="releasever"),
     pytest.param(DEMO, '[disk_sizes]\nsda = "1GiB"\n', {"disks": {"plan"}}, id="disk-size"),
     pytest.param(DEMO, "boot_timeout = 60\n", {}, id="boot-timeout"),  # boot tests only
+    pytest.param(DEMO, 'publish = "hardlink"\n', {"publish": {"mode"}}, id="publish-mode"),
 ]
 
 

@@ -103,7 +103,8 @@ def test_killed_build_leaves_no_object(tmp_path: Path) -> None:
     store = Store(tmp_path / "s")
     assert store.lookup("layer", "k") is None
     got = store.obtain("layer", "k", lambda s: (s / "whole").write_text("1") and None)
-    assert got.built and sorted(p.name for p in got.path.iterdir()) == ["meta.json", "whole"]
+    assert got.built
+    assert sorted(p.name for p in got.path.iterdir()) == ["manifest.json", "meta.json", "whole"]
 
 
 def test_modified_sealed_file_is_rebuilt(

@@ -84,6 +84,10 @@ def descriptor_inputs(src: Source) -> dict[str, Any]:
     }
 
 
+def publish_inputs(src: Source) -> dict[str, Any]:
+    return {"mode": src.conf.publish}
+
+
 # -- the chain ---------------------------------------------------------------------------------
 
 L = "ksbake.layers."
@@ -144,6 +148,7 @@ CHAIN: tuple[Layer, ...] = (
         doc="partitioned raw disks",
         inputs=disks_inputs,
         parents=("config",),
+        checks=("packages",),  # the configured tree is config's upper over packages' tree
         tools=(
             "sfdisk",
             "e2fsprogs",
@@ -155,7 +160,6 @@ CHAIN: tuple[Layer, ...] = (
         ),
         build=L + "l5_disks:build",
         isolation=NAMESPACES,  # read-only overlays of the tree; xfs needs a loop mount
-        sealed=True,
         code=("layers/l5_disks", "layout", "treefs"),
     ),
     Layer(
@@ -164,10 +168,10 @@ CHAIN: tuple[Layer, ...] = (
         doc="bootable disks (GRUB for BIOS and/or UEFI)",
         inputs=bootloader_inputs,
         parents=("disks",),
+        checks=("config", "packages"),  # reads the tree's kernels and GRUB modules
         tools=("grub-mkimage",),
         build=L + "l6_bootloader:build",
         isolation=NAMESPACES,  # an xfs /boot is written through a loop mount
-        sealed=True,
         code=("layers/l6_bootloader", "treefs"),
     ),
     Layer(
@@ -180,7 +184,6 @@ CHAIN: tuple[Layer, ...] = (
         tools=("qemu-img",),
         build=L + "l7_convert:build",
         isolation=IN_PROCESS,
-        sealed=True,
         code=("layers/l7_convert.py", "formats"),
     ),
     Layer(
@@ -191,13 +194,13 @@ CHAIN: tuple[Layer, ...] = (
         parents=("convert",),
         build=L + "l8_descriptor:build",
         isolation=IN_PROCESS,
-        sealed=True,
         code=("layers/l8_descriptor.py", "formats"),
     ),
     Layer(
         name="publish",
         version=1,
         doc="publish into out/NAME/",
+        inputs=publish_inputs,
         step=L + "l9_publish:step",
         code=("layers/l9_publish.py", "formats"),
     ),
