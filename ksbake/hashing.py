@@ -36,6 +36,62 @@ def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+BLOCK = 64 * 1024
+_ZERO = bytes(BLOCK)
+
+
+def content_digest(path: str | Path) -> str:
+    """xxh3_128 of a file's content, fast on sparse files: holes are skipped (SEEK_DATA), and
+    the digest does not depend on where the holes are. The content is taken as 64 KiB blocks
+    on a fixed grid; a run of all-zero blocks (a hole, or zeros written out) is hashed as its
+    length, any other block as its bytes. So a sparse copy (``cp --sparse=always``) of a file
+    has the file's digest, and a 2 GiB disk image with 300 MB of data costs 300 MB of reading.
+    """
+    h = xxhash.xxh3_128()
+    zeros = 0
+
+    def flush() -> None:
+        nonlocal zeros
+        if zeros:
+            h.update(b"\0zeros" + zeros.to_bytes(8, "little"))
+            zeros = 0
+
+    with open(path, "rb") as f:
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
+        pos = 0
+        while pos < size:
+            try:
+                data = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole is left
+                data = size
+            start = data - data % BLOCK
+            if start > pos:  # whole blocks of hole
+                zeros += start - pos
+                pos = start
+                continue
+            try:
+                hole = os.lseek(fd, data, os.SEEK_HOLE)
+            except OSError:
+                hole = size
+            end = min(size, -(-hole // BLOCK) * BLOCK)  # the block holding the hole's start
+            while pos < end:
+                chunk = os.pread(fd, min(end - pos, 16 * BLOCK), pos)
+                if not chunk:
+                    break
+                for i in range(0, len(chunk), BLOCK):
+                    block = chunk[i : i + BLOCK]
+                    if block == _ZERO[: len(block)]:
+                        zeros += len(block)
+                    else:
+                        flush()
+                        h.update(block)
+                pos += len(chunk)
+    flush()
+    h.update(b"\0size" + size.to_bytes(8, "little"))
+    return h.hexdigest()
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file, streamed: what SHA256SUMS and OVF manifests publish."""
     digest = hashlib.sha256()

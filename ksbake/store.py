@@ -41,7 +41,7 @@ from typing import Any
 
 import xxhash
 
-from ksbake.hashing import canonical_json, file_digest
+from ksbake.hashing import canonical_json, content_digest
 
 META = "meta.json"
 MANIFEST = "manifest.json"
@@ -212,7 +212,7 @@ def manifest_of(top: Path) -> dict[str, list[Any]]:
             st = os.lstat(path)
             entry: list[Any] = [st.st_mode, st.st_uid, st.st_gid]
             if stat.S_ISREG(st.st_mode):
-                entry += [st.st_size, file_digest(path)]
+                entry += [st.st_size, content_digest(path)]
             elif stat.S_ISLNK(st.st_mode):
                 entry.append(os.readlink(path))
             elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):

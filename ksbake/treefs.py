@@ -16,6 +16,7 @@ from pathlib import Path
 from ksbake.errors import BuildError
 
 MAX_SYMLINKS = 40
+MIN_EPOCH = 315532800  # 1980-01-01: FAT cannot store anything older
 
 
 def walk(
@@ -202,3 +203,15 @@ class MergedTree:
     def read_text(self, path: str) -> str | None:
         found = self.find(path)
         return found.read_text(errors="replace") if found is not None and found.is_file() else None
+
+
+def clamp_times(top: Path, epoch: int) -> None:
+    """No entry newer than ``epoch`` (what scriptlets and %post write gets it), and atime =
+    mtime: a tree's times then depend on its content, not on when it was built. mkfs -d copies
+    them into the image; the disks layer sets the ctimes, which no one can set here."""
+    for dirpath, dirnames, filenames in os.walk(top):
+        for path in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
+            st = os.lstat(path)
+            mtime = min(st.st_mtime_ns, epoch * 1_000_000_000)
+            if (st.st_atime_ns, st.st_mtime_ns) != (mtime, mtime):
+                os.utime(path, ns=(mtime, mtime), follow_symlinks=False)

@@ -122,18 +122,18 @@ CHAIN: tuple[Layer, ...] = (
     ),
     Layer(
         name="packages",
-        version=1,
+        version=2,  # 2: times clamped to the newest build time, rpmdb settled, no dnf history
         doc="install the locked packages",
         reads={"lock": "lock.json"},  # the lock's content, not its key: same set, same tree
         context={"lock_ref": "lock.ref"},  # where to download from: not the bytes
         tools=("dnf", "rpm"),
         build=L + "l3_packages:install",
         isolation=NAMESPACES,  # scriptlets chrooted with /proc and /dev mounted
-        code=("layers/l3_packages.py", "chroot"),
+        code=("layers/l3_packages.py", "chroot", "treefs"),
     ),
     Layer(
         name="config",
-        version=3,
+        version=4,  # 4: times clamped to the packages' epoch
         doc="configure (settings, users, %post)",
         inputs=config_inputs,
         unkeyed=("ks_dir",),  # a workspace path: two checkouts share the object
@@ -144,7 +144,7 @@ CHAIN: tuple[Layer, ...] = (
     ),
     Layer(
         name="disks",
-        version=3,  # 3: tables by sfdisk (msdos: CHS fields and EBR places moved)
+        version=4,  # 3: tables by sfdisk; 4: every inode's atime and ctime the epoch
         doc="partitioned raw disks",
         inputs=disks_inputs,
         parents=("config",),
@@ -176,7 +176,7 @@ CHAIN: tuple[Layer, ...] = (
     ),
     Layer(
         name="convert",
-        version=3,
+        version=4,  # 4: the vmdk CID and the vdi UUIDs derived from the key
         doc="disk formats (qcow2, vmdk, ...)",
         inputs=convert_inputs,
         each="formats",  # one object per format: a format change converts only that one

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 from ksbake.errors import BuildError, PackageError
 from ksbake.paths import Paths
 from ksbake.runner import Job
+from ksbake.treefs import MIN_EPOCH, clamp_times
 
 log = logging.getLogger("ksbake")
 
@@ -67,7 +69,7 @@ def install(job: Job) -> dict[str, Any]:
         base = make_base(
             installroot=root,
             cachedir=job.workspace().dnf_cache,
-            persistdir=root / "var/lib/dnf",
+            persistdir=Path(tmp) / "persist",  # dnf's history: per transaction, not content
             logdir=Path(tmp) / "log",
             releasever=lock["releasever"],
             basearch=lock["basearch"],
@@ -109,6 +111,10 @@ def install(job: Job) -> dict[str, Any]:
                 def error(self, message):  # noqa: ANN001
                     log.warning("rpm: %s", message)
 
+            # rpm (>= 4.18) records INSTALLTIME/INSTALLTID from SOURCE_DATE_EPOCH when set:
+            # the newest build time of the locked packages, so the rpmdb is the lock's too
+            epoch = max([MIN_EPOCH, *(int(p.buildtime) for p in pkgs)])
+            os.environ["SOURCE_DATE_EPOCH"] = str(epoch)
             print(f"Installing {len(pkgs)} packages into the tree", flush=True)
             with api_filesystems(root):
                 base.do_transaction(display=Display())
@@ -123,7 +129,25 @@ def install(job: Job) -> dict[str, Any]:
     rpmdb = root / "usr/lib/sysimage/rpm"
     if not rpmdb.is_dir():
         raise BuildError(f"rpm database missing after install (expected {rpmdb})")
-    return {"packages": len(lock["packages"])}
+    settle_sqlite(rpmdb / "rpmdb.sqlite")
+    clamp_times(root, epoch)
+    return {"packages": len(lock["packages"]), "epoch": epoch}
+
+
+def settle_sqlite(db: Path) -> None:
+    """Fold sqlite's write-ahead log into the database and drop the -wal/-shm files: they hold
+    transient state (and differ on every install), not content."""
+    import sqlite3
+
+    if not db.is_file():
+        return
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
 
 
 def _nevra(p: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import json
 import logging
 import os
 import subprocess
@@ -26,6 +27,7 @@ from ksbake import treefs
 from ksbake.errors import BuildError
 from ksbake.run import probe, run
 from ksbake.runner import Job
+from ksbake.treefs import MIN_EPOCH, clamp_times
 
 log = logging.getLogger("ksbake")
 
@@ -394,6 +396,9 @@ def configure(job: Job) -> dict[str, Any]:
         run(["umount", merged])
     remove_tree(stage / "work")
     merged.rmdir()
+    # what the settings and %post wrote gets the packages' epoch, not the time of this build
+    packages_meta = json.loads((job.parent_dir("packages") / "meta.json").read_text())
+    clamp_times(stage / "upper", packages_meta.get("epoch", MIN_EPOCH))
     return {"warnings": warnings}
 
 

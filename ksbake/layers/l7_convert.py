@@ -10,12 +10,17 @@ Options reach qemu-img only when set (osbuild's habit): no empty-string argument
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import struct
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
+from ksbake.errors import BuildError
 from ksbake.formats import file_name
 from ksbake.hashing import sha256_file
 from ksbake.run import run, which
@@ -40,7 +45,7 @@ def qemu_img_argv(src: Path, dst: Path, fmt: str, options: dict[str, str]) -> li
 
 
 def convert(
-    disks: list[dict[str, str]], fmt: str, options: dict[str, str], out_dir: Path
+    disks: list[dict[str, str]], fmt: str, options: dict[str, str], out_dir: Path, seed: str = ""
 ) -> list[dict[str, Any]]:
     """Write every disk in ``fmt`` into ``out_dir`` as ``<disk>.<ext>``; one record per disk.
 
@@ -77,6 +82,10 @@ def convert(
                     capture=not sys.stdout.isatty(),
                     what=f"converting {src.name} to {fmt}",
                 )
+                if fmt == "vmdk":
+                    settle_vmdk_cid(dst, f"{seed}:{disk['name']}")
+                elif fmt == "vdi":
+                    settle_vdi_uuids(dst, f"{seed}:{disk['name']}")
             record = describe(dst, fmt)
         records.append(
             {
@@ -88,6 +97,47 @@ def convert(
             }
         )
     return records
+
+
+VMDK_CID = re.compile(rb"\nCID=[0-9a-f]{1,8}\n")  # printf %x: no leading zeros
+
+
+def settle_vmdk_cid(path: Path, seed: str) -> None:
+    """qemu-img draws a vmdk's content id (``CID=`` in its embedded descriptor) at random;
+    VMware uses it only to match a child disk to its parent. Same key, same bytes: it becomes
+    eight hex digits derived from the key, and the descriptor is rewritten in its own
+    zero-padded region (the header's descOffset and descSize, in sectors)."""
+    with open(path, "r+b") as f:
+        header = f.read(512)
+        if header[:4] != b"KDMV":
+            raise BuildError(f"{path.name}: not a vmdk with an embedded descriptor")
+        offset, size = struct.unpack_from("<QQ", header, 28)
+        f.seek(offset * 512)
+        region = f.read(size * 512)
+        text = region.split(b"\0", 1)[0]
+        cid = hashlib.sha256(f"ksbake-vmdk-cid:{seed}".encode()).hexdigest()[:8]
+        new, found = VMDK_CID.subn(f"\nCID={cid}\n".encode(), text, count=1)
+        if found != 1 or len(new) >= len(region):
+            raise BuildError(f"{path.name}: no CID line in the vmdk descriptor qemu-img wrote")
+        f.seek(offset * 512)
+        f.write(new.ljust(len(region), b"\0"))
+
+
+VDI_SIGNATURE = 0xBEDA107F
+VDI_UUIDS = 0x188  # uuid_image, then uuid_last_snap (qemu block/vdi.c VdiHeader)
+
+
+def settle_vdi_uuids(path: Path, seed: str) -> None:
+    """qemu-img draws a vdi's image and snapshot UUIDs at random (VirtualBox registers disks
+    by them): derived from the key instead, in place (the header has no checksum)."""
+    with open(path, "r+b") as f:
+        header = f.read(512)
+        if struct.unpack_from("<I", header, 0x40)[0] != VDI_SIGNATURE:
+            raise BuildError(f"{path.name}: not a vdi image")
+        f.seek(VDI_UUIDS)
+        for which in ("image", "last-snap"):
+            digest = hashlib.sha256(f"ksbake-vdi-{which}:{seed}".encode()).digest()
+            f.write(uuid.UUID(bytes=digest[:16], version=4).bytes_le)
 
 
 def describe(path: Path, fmt: str) -> dict[str, int | str]:
@@ -107,7 +157,7 @@ def build(job: Job) -> dict[str, Any]:
     directory = job.parent_dir("bootloader")
     result = json.loads((directory / "result.json").read_text())
     disks = [{"name": d["name"], "file": str(directory / d["file"])} for d in result["disks"]]
-    records = convert(disks, job.inputs["format"], job.inputs["options"], job.stage)
+    records = convert(disks, job.inputs["format"], job.inputs["options"], job.stage, job.key)
     (job.stage / "result.json").write_text(json.dumps(records, indent=1, sort_keys=True))
     return {"seal": [r["object_file"] for r in records]}
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from ksbake import report
 from ksbake.errors import BuildError
 from ksbake.formats import file_name
-from ksbake.hashing import canonical_json, file_digest, sha256_file
+from ksbake.hashing import canonical_json, content_digest, sha256_file
 from ksbake.layers.l7_convert import records_of
 from ksbake.paths import Paths
 from ksbake.run import run
@@ -126,7 +126,7 @@ def _check(store: Store, src: Source, dst: Path) -> None:
     manifest = json.loads((store.object_dir(src.layer, src.key) / MANIFEST).read_text())
     want = manifest.get(src.rel, [None] * 5)
     size, digest = (want[3], want[4]) if len(want) == 5 else (None, None)
-    if dst.stat().st_size != size or file_digest(dst) != digest:
+    if dst.stat().st_size != size or content_digest(dst) != digest:
         store.evict(src.layer, src.key)
         raise BuildError(
             f"{dst.name}: the bytes of the {src.layer} object {src.key[:16]} do not match its "

@@ -167,19 +167,42 @@ def _populate_ext(fs: Fs, ids: Ids, epoch: int, full: Path) -> None:
         )
 
 
+def _epoch_times(fs: Fs, epoch: int) -> list[str]:
+    """Every entry's atime and ctime become the epoch: mkfs -d copies them from the cached
+    tree, where they say when that store built it (ctime) or last read it (atime), so two
+    stores would give two images for one key. (mtimes come from the packages, clamped.)"""
+    src = fs.source
+    if src is None:
+        return []
+    cmds = []
+    for dirpath, dirnames, filenames in os.walk(src):
+        for name in dirnames + filenames:
+            rel = os.path.relpath(os.path.join(dirpath, name), src)
+            if "\n" in rel:
+                log.warning(
+                    "%s: %r has a newline in its name: its times stay as cached", fs.where, rel
+                )
+                continue
+            quoted = '"/' + rel.replace('"', '""') + '"'
+            cmds += [
+                f"set_inode_field {quoted} atime @{epoch}",
+                f"set_inode_field {quoted} ctime @{epoch}",
+            ]
+    return cmds
+
+
 def _fix_ext_inodes(fs: Fs, epoch: int, full: Path) -> None:
     """Set with debugfs what mkfs -d cannot take from the tree.
 
-    The root directory (mkfs gives it its own mode, owner and the fake time) and the ctimes of
-    the entries of the top layer (made just now: ctime cannot be set, so it would differ on
-    every build).
+    The root directory (mkfs gives it its own mode, owner and the fake time), and every
+    entry's atime and ctime (the epoch; ``_epoch_times``).
     """
     mp = fs.mountpoint or "/"
     base = mp.strip("/")
     cmds: list[str] = []
 
     def set_times(path: str, st: os.stat_result | None) -> None:
-        a, m, c = (st.st_atime, st.st_mtime, st.st_ctime) if st else (epoch, epoch, epoch)
+        a, m, c = (epoch, st.st_mtime, epoch) if st else (epoch, epoch, epoch)
         for name, value in (("atime", a), ("mtime", m), ("ctime", c)):
             cmds.append(f'set_inode_field "{path}" {name} @{int(value)}')
 
@@ -204,11 +227,13 @@ def _fix_ext_inodes(fs: Fs, epoch: int, full: Path) -> None:
             continue
         sub = _lstat_in(full, rel)
         set_times(inner, sub if sub is not None and stat.S_ISDIR(sub.st_mode) else None)
+    cmds += _epoch_times(fs, epoch)
     with tempfile.NamedTemporaryFile("w", suffix=".debugfs", dir=fs.image.parent) as f:
         f.write("\n".join(cmds) + "\n")
         f.flush()
         out = run(
             ["debugfs", "-w", "-f", f.name, f"{fs.image}?offset={fs.part.start}"],
+            env=_ext_env(epoch),  # the superblock's write time too
             what=f"setting inode fields on {fs.where}",
         ).stdout.decode(errors="replace")
     bad = [line for line in out.splitlines() if "set_inode_field:" in line]

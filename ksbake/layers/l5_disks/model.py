@@ -34,9 +34,6 @@ LABEL_MAX = {"ext2": 16, "ext3": 16, "ext4": 16, "xfs": 12, "vfat": 11, "efi": 1
 OPAQUE = "trusted.overlay.opaque"
 
 
-MIN_EPOCH = 315532800  # 1980-01-01: FAT cannot store anything older
-
-
 ESP_OPTIONS = "umask=0077,shortname=winnt"
 
 

@@ -16,7 +16,6 @@ from ksbake.errors import BuildError, ToolError
 from ksbake.layers.l5_disks.model import (
     ESP_OPTIONS,
     FAT,
-    MIN_EPOCH,
     OPAQUE,
     Content,
     Fs,
@@ -25,6 +24,7 @@ from ksbake.layers.l5_disks.model import (
 )
 from ksbake.layout import Plan
 from ksbake.run import run
+from ksbake.treefs import MIN_EPOCH
 
 
 def _is_below(path: str, parent: str) -> bool:
@@ -220,8 +220,6 @@ def measure(root: Path) -> Content:
 
 
 def _epoch(mounted: list[Fs]) -> int:
-    """SOURCE_DATE_EPOCH, or the newest mtime in the tree: never the wall clock."""
-    env = os.environ.get("SOURCE_DATE_EPOCH")
-    if env and env.strip().isdigit():
-        return max(int(env), MIN_EPOCH)
+    """The newest mtime in the tree (the trees are clamped to their packages' newest build
+    time): never the wall clock, nor the environment, which is no part of the key."""
     return max([MIN_EPOCH, *(fs.content.max_mtime for fs in mounted)])
