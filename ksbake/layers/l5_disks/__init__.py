@@ -38,9 +38,10 @@ tables, vfat cannot be mounted):
 - biosboot: left empty; the bootloader layer writes GRUB's core image there.
 
 Determinism: every UUID, the ext hash seed, the FAT volume id, the msdos disk identifier and
-the GPT GUIDs derive from ``seed`` (the layer key); timestamps come from SOURCE_DATE_EPOCH, or
-else the newest mtime in the tree (E2FSPROGS_FAKE_TIME for mke2fs, SOURCE_DATE_EPOCH for mtools,
-``--invariant`` for mkfs.fat).
+the GPT GUIDs derive from ``seed`` (the layer key); the filesystems' own times are the newest
+mtime in the tree (E2FSPROGS_FAKE_TIME for mke2fs and debugfs, SOURCE_DATE_EPOCH for mtools,
+``--invariant`` for mkfs.fat), and so are every ext inode's atime and ctime (mkfs -d would copy
+them from the cached tree: when this store built it, when someone last read it).
 """
 
 from __future__ import annotations
