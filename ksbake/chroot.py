@@ -1,7 +1,17 @@
-"""Mounts a chroot needs (/proc, a minimal /dev, read-only /sys) and running commands in it.
+"""Running code of the kickstart or the tree inside the tree: the sandbox, and the mounts a
+chroot needs (/proc, a minimal /dev, read-only /sys) where a tool chroots itself (rpm).
 
 Only ever used inside a worker's private mount namespace (``ksbake.sandbox``): even if this
 process is killed, the kernel removes these mounts with the namespace.
+
+``sandboxed()``: a chroot is no boundary for root (``/proc/1/root`` is the host's root, a
+second chroot walks out, ``mknod`` reaches the host's disks). Commands of the kickstart and of
+the tree (``%post``, ``systemctl``, firewall tools) run under bubblewrap instead: the tree is
+``/`` after a ``pivot_root`` in new mount, PID, IPC and UTS namespaces, so every process
+there lives in the tree; ``/proc`` is that PID namespace's own and read-only, ``/dev`` a
+minimal tmpfs, ``/sys`` read-only; the capabilities that reach beyond the tree are dropped
+(mount, mknod, chroot, raw I/O, modules, ptrace, reboot, clock...). When the command ends,
+the PID namespace ends, and with it every process the command left behind.
 """
 
 from __future__ import annotations
@@ -13,7 +23,30 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ksbake.errors import BuildError
-from ksbake.run import run
+from ksbake.run import run, which
+
+DROPPED_CAPS = (
+    "CAP_SYS_ADMIN",  # mount, and most of what a namespace would let root do
+    "CAP_SYS_CHROOT",
+    "CAP_MKNOD",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_SYS_PACCT",
+    "CAP_SYSLOG",
+    "CAP_NET_ADMIN",
+    "CAP_MAC_ADMIN",
+    "CAP_MAC_OVERRIDE",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_BPF",
+    "CAP_PERFMON",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_WAKE_ALARM",
+)
 
 DEV_NODES = {  # name: (major, minor)
     "null": (1, 3),
@@ -23,6 +56,37 @@ DEV_NODES = {  # name: (major, minor)
     "urandom": (1, 9),
     "tty": (5, 0),
 }
+
+
+def sandboxed(root: Path, argv: list[str]) -> list[str]:
+    """``argv`` to run inside the tree ``root``, sandboxed (see the module docstring)."""
+    caps = [arg for cap in DROPPED_CAPS for arg in ("--cap-drop", cap)]
+    return [
+        which("bwrap"),
+        "--bind",
+        str(root),
+        "/",
+        "--proc",
+        "/proc",
+        "--remount-ro",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--ro-bind",
+        "/sys",
+        "/sys",
+        "--unshare-pid",
+        "--as-pid-1",  # the command is the namespace's init: when it ends, all of it ends
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--die-with-parent",
+        "--new-session",
+        "--chdir",
+        "/",
+        *caps,
+        "--",
+        *argv,
+    ]
 
 
 def _mountpoint(root: Path, name: str) -> Path:

@@ -40,6 +40,7 @@ TOOL_PACKAGES: dict[str, tuple[str, str]] = {
     "unshare": ("util-linux", "util-linux"),
     "sfdisk": ("fdisk", "util-linux"),
     "setpriv": ("util-linux", "util-linux"),
+    "bwrap": ("bubblewrap", "bubblewrap"),
     "mount": ("mount", "util-linux"),
     "mkfs.ext4": ("e2fsprogs", "e2fsprogs"),
     "mkfs.ext3": ("e2fsprogs", "e2fsprogs"),

@@ -69,7 +69,7 @@ class Layer:
     tools: tuple[str, ...] = ()  # names in ksbake.run.VERSIONS
     discover: str | None = None  # "module:fn"(job) -> inputs learned at run time (repo metadata)
     # read by the build, not keyed (they do not shape its bytes) --------------------------------
-    unkeyed: tuple[str, ...] = ()  # entries of ``inputs`` left out of the key
+    unkeyed: Callable[[Source], dict[str, Any]] | None = None  # -> inputs/<name>.unkeyed.json
     context: Mapping[str, str] = field(default_factory=dict)  # input -> build file (JSON)
     # how it is built --------------------------------------------------------------------------
     build: str | None = None  # "module:fn"(job) -> meta; None: a custom ``step`` instead
@@ -138,7 +138,12 @@ def _inputs(paths: Paths, name: str, spec: Layer) -> tuple[dict[str, Any], dict[
     given: dict[str, Any] = {}
     if spec.inputs is not None:
         given = json.loads((build / "inputs" / f"{spec.name}.json").read_text())
-    keyed = {k: v for k, v in given.items() if k not in spec.unkeyed}
+    keyed = dict(given)
+    if spec.unkeyed is not None:  # read by the build, never keyed, not a doit dependency
+        given = {
+            **given,
+            **json.loads((build / "inputs" / f"{spec.name}.unkeyed.json").read_text()),
+        }
     for entry, file in spec.reads.items():
         keyed[entry] = given[entry] = (build / file).read_text()
     for entry, file in spec.context.items():

@@ -46,7 +46,8 @@ def _kickstart(layer: Layer, name: str) -> dict[str, Any]:
         deps.append(str(PATHS.settings(name)))
     return {
         "file_dep": deps,
-        "targets": [_build(name, f"inputs/{x.name}.json") for x in CHAIN if x.inputs],
+        "targets": [_build(name, f"inputs/{x.name}.json") for x in CHAIN if x.inputs]
+        + [_build(name, f"inputs/{x.name}.unkeyed.json") for x in CHAIN if x.unkeyed],
         # an environment override is an input too: rerun when it changes
         "uptodate": [config_changed({v: os.environ.get(v, "") for v in ENV_INPUTS})],
         "clean": True,

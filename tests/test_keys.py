@@ -2,9 +2,10 @@
 
 Every stored layer's key is ``layer_key(name, version, {keyed inputs, discovered, tools},
 parents)`` (``ksbake.runner.key_of``); its keyed inputs come from ``layer.inputs(Source)``
-minus ``layer.unkeyed``. An edit of the kickstart or the settings must change exactly the
-keyed inputs of the layers that read it, and nothing else: every other object is reused
-(what changes below it follows through the parents' keys, tested at the end).
+(what the build reads but does not key comes from ``layer.unkeyed``, a file of its own). An
+edit of the kickstart or the settings must change exactly the keyed inputs of the layers that
+read it, and nothing else: every other object is reused (what changes below it follows
+through the parents' keys, tested at the end).
 """
 
 from __future__ import annotations
@@ -40,25 +41,26 @@ def source(configs: Path, name: str = "demo", out_dir: str = "/srv/out/demo") ->
     return Source(ks, conf, plan, out_dir)
 
 
-def all_inputs(configs: Path, ks_text: str, toml_text: str = "") -> dict[str, dict[str, Any]]:
-    """Every layer's inputs, keyed and unkeyed, as written to ``inputs/<layer>.json``."""
+def all_inputs(
+    configs: Path, ks_text: str, toml_text: str = "", *, unkeyed: bool = False
+) -> dict[str, dict[str, Any]]:
+    """Every layer's keyed inputs as written to ``inputs/<layer>.json`` (``unkeyed``: what
+    ``inputs/<layer>.unkeyed.json`` holds instead)."""
     configs.mkdir(parents=True, exist_ok=True)
     (configs / "demo.ks").write_text(ks_text)
     if toml_text:
         (configs / "demo.toml").write_text(toml_text)
     src = source(configs)
-    return {
-        layer.name: json.loads(canonical_json(layer.inputs(src)))  # as the file holds them
-        for layer in INPUT_LAYERS
-        if layer.inputs is not None
-    }
+    found = {}
+    for layer in CHAIN:
+        function = layer.unkeyed if unkeyed else layer.inputs
+        if function is not None:  # as the file holds them
+            found[layer.name] = json.loads(canonical_json(function(src)))
+    return found
 
 
 def keyed(inputs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {
-        name: {k: v for k, v in given.items() if k not in LAYERS[name].unkeyed}
-        for name, given in inputs.items()
-    }
+    return inputs
 
 
 def inputs_of(ks_text: str, toml_text: str = "") -> dict[str, dict[str, Any]]:
@@ -166,13 +168,12 @@ def test_tools_are_known_versions() -> None:
             assert tool in run.VERSIONS, (layer.name, tool)
 
 
-def test_unkeyed_entries_are_inputs(base: dict[str, dict[str, Any]]) -> None:
+def test_unkeyed_inputs_are_apart(base: dict[str, dict[str, Any]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        given = all_inputs(Path(tmp) / "configs", DEMO)
-    for name, entries in given.items():
-        assert set(LAYERS[name].unkeyed) <= set(entries), name
-        assert base[name] == keyed({name: entries})[name]
-    assert {layer.name for layer in CHAIN if layer.unkeyed} == {"config"}
+        unkeyed = all_inputs(Path(tmp) / "configs", DEMO, unkeyed=True)
+    assert {layer.name for layer in CHAIN if layer.unkeyed} == {"config"} == set(unkeyed)
+    assert set(unkeyed["config"]) == {"ks_dir", "where", "write_limit"}
+    assert not set(unkeyed["config"]) & set(base["config"])  # never both
 
 
 # -- which edit changes which layer's keyed inputs ----------------------------------------------
@@ -293,8 +294,12 @@ def test_a_format_option_changes_only_that_formats_entry(base: dict[str, dict[st
 def test_moving_the_kickstart_changes_no_keyed_input(tmp_path: Path) -> None:
     here = all_inputs(tmp_path / "a" / "configs", DEMO)
     there = all_inputs(tmp_path / "elsewhere" / "b" / "configs", DEMO)
-    assert here["config"]["ks_dir"] != there["config"]["ks_dir"]  # it did move
-    assert changes(keyed(here), keyed(there)) == {}
+    assert changes(here, there) == {}
+    ks_dirs = [
+        all_inputs(tmp_path / d / "configs", DEMO, unkeyed=True)["config"]["ks_dir"]
+        for d in ("a", "elsewhere/b")
+    ]
+    assert ks_dirs[0] != ks_dirs[1]  # it did move
 
 
 def test_inputs_of_is_what_the_kickstart_step_writes(
@@ -376,7 +381,7 @@ def test_current_key_reads_parents_and_ignores_unkeyed_inputs(
     for var in ("KSBAKE_MIRRORS", "KSBAKE_ACCEL"):
         monkeypatch.delenv(var, raising=False)
     config = LAYERS["config"]
-    assert config.parents == ("packages",) and "ks_dir" in config.unkeyed
+    assert config.parents == ("packages",) and config.unkeyed is not None
     paths = paths_in(tmp_path / "one")
     l1_kickstart.step(paths, "demo")
     ref = paths.build_dir("demo") / "packages.ref"
@@ -388,8 +393,8 @@ def test_current_key_reads_parents_and_ignores_unkeyed_inputs(
     moved.configs.mkdir(parents=True)
     shutil.copy(paths.kickstart("demo"), moved.kickstart("demo"))
     l1_kickstart.step(moved, "demo")
-    written = json.loads((paths.build_dir("demo") / "inputs" / "config.json").read_text())
-    assert written["ks_dir"] == str(moved.configs.resolve())  # the unkeyed input changed
+    written = paths.build_dir("demo") / "inputs" / "config.unkeyed.json"
+    assert json.loads(written.read_text())["ks_dir"] == str(moved.configs.resolve())
     assert current_key(moved, "demo", config) == key
 
     ref.write_text(json.dumps({"key": "q" * 32}))

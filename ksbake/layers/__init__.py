@@ -33,12 +33,23 @@ def lock_inputs(src: Source) -> dict[str, Any]:
 
 def config_inputs(src: Source) -> dict[str, Any]:
     """System commands (lang, keyboard, timezone, rootpw, user, group, sshkey, services,
-    selinux, firewall, network) and %post scripts; ``ks_dir`` is %post --nochroot's cwd."""
+    selinux, firewall, network) and %post scripts."""
     s = src.ks.sections
+    return {"ks": s["system"] + s["post"], "syntax": src.conf.syntax}
+
+
+def config_unkeyed(src: Source) -> dict[str, Any]:
+    """``ks_dir``: %post --nochroot's cwd (a workspace path); ``where``: file:line of each
+    %post (for errors); ``write_limit``: how much the tree may grow (the size of the plan's
+    filesystems: more could not be put on the disks)."""
+    from pykickstart.constants import KS_SCRIPT_POST
+
+    posts = [x for x in src.ks.handler.scripts if x.type == KS_SCRIPT_POST]
+    mounted = [p.size for d in src.plan.disks for p in d.partitions if p.mountpoint]
     return {
-        "ks": s["system"] + s["post"],
-        "syntax": src.conf.syntax,
         "ks_dir": str(src.ks.path.parent),
+        "where": {"post": [str(src.ks.line_of(x)) for x in posts]},
+        "write_limit": max(sum(mounted), 64 * 2**20),
     }
 
 
@@ -136,7 +147,7 @@ CHAIN: tuple[Layer, ...] = (
         version=4,  # 4: times clamped to the packages' epoch
         doc="configure (settings, users, %post)",
         inputs=config_inputs,
-        unkeyed=("ks_dir",),  # a workspace path: two checkouts share the object
+        unkeyed=config_unkeyed,  # paths and bounds: not the bytes (and no rerun for them)
         parents=("packages",),
         build=L + "l4_config:configure",
         isolation=NAMESPACES,  # an overlay over the packages tree, %post chrooted

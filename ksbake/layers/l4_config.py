@@ -16,20 +16,26 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import json
 import logging
 import os
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ksbake import treefs
+from ksbake.chroot import sandboxed
 from ksbake.errors import BuildError
 from ksbake.run import probe, run
 from ksbake.runner import Job
 from ksbake.treefs import MIN_EPOCH, clamp_times
 
 log = logging.getLogger("ksbake")
+DEFAULT_WRITE_LIMIT = 4 * 2**30  # when no plan says how big the appliance is
 
 CHROOT_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -321,26 +327,63 @@ def apply_security(root: Path, handler: Any, warnings: list[str]) -> None:
 
 
 def _chroot_run(root: Path, argv: list[str], what: str) -> subprocess.CompletedProcess[bytes]:
-    return run(["chroot", root, *argv], env=CHROOT_ENV, what=what)
+    """A tool of the tree, run in the tree (sandboxed: ``ksbake.chroot.sandboxed``)."""
+    return run(sandboxed(root, argv), env=CHROOT_ENV, what=what)
 
 
 # -- %post ----------------------------------------------------------------------------------
 
 
-def run_post_scripts(root: Path, handler: Any, ks_dir: str) -> None:
+LEFT_MARK = "ksbake-post-left-running"
+# Runs a chrooted script as the init of its PID namespace, then counts what it left running
+# there (besides itself): the namespace, and all of them, end when this shell exits.
+POST_WRAPPER = (
+    '"$@"; rc=$?; n=0; for p in /proc/[0-9]*; do n=$((n+1)); done; '
+    f'[ "$n" -gt 1 ] && echo "{LEFT_MARK} $((n-1))" >&2; exit $rc'
+)
+
+
+@dataclass(frozen=True)
+class Bound:
+    """Where the layer's writes go: a filesystem of ``limit`` bytes (``path``)."""
+
+    path: Path
+    limit: int
+
+    def full(self) -> bool:
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize < 4 * 1024 * 1024
+
+    def message(self) -> str:
+        return (
+            f"the configured tree may grow by at most {self.limit // 2**20} MiB (the size of the "
+            "appliance's filesystems), and that is used up"
+        )
+
+
+def run_post_scripts(
+    root: Path, handler: Any, ks_dir: str, where: list[str], bound: Bound | None = None
+) -> None:
+    """Run the %post scripts in order: chrooted ones sandboxed in the tree, ``--nochroot``
+    ones on the host (documented: they are the kickstart's code, run as root)."""
     from pykickstart.constants import KS_SCRIPT_POST
 
     scripts = [s for s in handler.scripts if s.type == KS_SCRIPT_POST]
     for index, script in enumerate(scripts, 1):
         interp = script.interp or "/bin/sh"
-        label = f"%post #{index}" + (" --nochroot" if not script.inChroot else "")
+        at = where[index - 1] if index <= len(where) else ""
+        label = (f"{at}: " if at else "") + f"%post #{index}"
+        label += " --nochroot" if not script.inChroot else ""
         print(f"Running {label} ({interp})", flush=True)
         if script.inChroot:
             if not treefs.exists(root, interp):
                 raise BuildError(f"{label}: interpreter {interp} is not in the tree")
             name = f"/tmp/ks-script-{index}"
             treefs.write_file(root, name, script.script, mode=0o700)
-            argv = ["chroot", str(root), interp, name]
+            command = [interp, name]
+            if treefs.exists(root, "/bin/sh"):
+                command = ["/bin/sh", "-c", POST_WRAPPER, "ksbake-post", *command]
+            argv = sandboxed(root, command)
             env = dict(CHROOT_ENV)
             cwd = None
         else:
@@ -351,9 +394,11 @@ def run_post_scripts(root: Path, handler: Any, ks_dir: str) -> None:
             cwd = ks_dir
         env["SOURCE_DATE_EPOCH"] = os.environ.get("SOURCE_DATE_EPOCH", "0")
         proc = probe(argv, cwd=cwd, env=env)
-        output = proc.stdout.decode(errors="replace")
+        output, left = _left_running(proc.stdout.decode(errors="replace"))
         for line in output.splitlines():
             print(f"  | {line}", flush=True)
+        if left:
+            log.warning("%s left %d process(es) running: ended with the script", label, left)
         if script.inChroot:
             treefs.resolve(root, name).unlink(missing_ok=True)
         else:
@@ -368,37 +413,76 @@ def run_post_scripts(root: Path, handler: Any, ks_dir: str) -> None:
         if proc.returncode != 0:
             tail = "\n".join(output.strip().splitlines()[-20:])
             message = f"{label} failed with exit code {proc.returncode}"
+            if bound is not None and bound.full():
+                message += f": {bound.message()}"
             if script.errorOnFail:
                 raise BuildError(message + (f"; its output:\n{tail}" if tail else "; no output"))
             log.warning("%s (not --erroronfail: continuing)", message)
 
 
+def _left_running(output: str) -> tuple[str, int]:
+    """The script's output without the wrapper's count line, and that count."""
+    kept, left = [], 0
+    for line in output.splitlines():
+        if line.startswith(LEFT_MARK + " ") and line.split()[-1].isdigit():
+            left = int(line.split()[-1])
+        else:
+            kept.append(line)
+    return "\n".join(kept) + ("\n" if kept else ""), left
+
+
+@contextmanager
+def bounded(stage: Path, limit: int) -> Iterator[Bound]:
+    """A filesystem of ``limit`` bytes for the overlay's upper and work directories: a sparse
+    ext4 image in the staging directory, loop-mounted with ``discard`` (what a script writes
+    and deletes again gives its blocks back to the host). Only the final upper directory is
+    copied out, so a zero-fill costs at most ``limit`` of host disk, and only while it runs."""
+    image, mnt = stage / "bounded.img", stage / "bounded"
+    with open(image, "wb") as f:
+        f.truncate(limit)
+    run(["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,nodiscard", image])
+    mnt.mkdir()
+    run(["mount", "-o", "loop,discard", image, mnt], what="mounting the config layer's bound")
+    try:
+        yield Bound(mnt, limit)
+    finally:
+        run(["umount", mnt], what="unmounting the config layer's bound")
+        image.unlink()
+        mnt.rmdir()
+
+
 def configure(job: Job) -> dict[str, Any]:
-    """The layer's build (a worker in private namespaces): ``staging/upper`` over the tree."""
-    from ksbake.chroot import api_filesystems, mount_overlay
+    """The layer's build (a worker in private namespaces): ``staging/upper`` over the tree,
+    every write of the settings and the scripts bounded by the appliance's size."""
+    from ksbake.chroot import mount_overlay
     from ksbake.kickstart import parse_fragment
-    from ksbake.store import remove_tree
 
     handler = parse_fragment(job.inputs["ks"], job.inputs["syntax"])
+    where = job.inputs.get("where", {})
     stage = job.stage
     merged = stage / "merged"
     lower = job.parent_dir("packages") / "tree"
-    mount_overlay([lower], stage / "upper", stage / "work", merged)
     warnings: list[str] = []
-    try:
-        apply_system(merged, handler, warnings)
-        apply_accounts(merged, handler, job.key)
-        apply_services(merged, handler, warnings)
-        apply_security(merged, handler, warnings)
-        with api_filesystems(merged):
-            run_post_scripts(merged, handler, job.inputs["ks_dir"])
-    finally:
-        run(["umount", merged])
-    remove_tree(stage / "work")
-    merged.rmdir()
-    # what the settings and %post wrote gets the packages' epoch, not the time of this build
-    packages_meta = json.loads((job.parent_dir("packages") / "meta.json").read_text())
-    clamp_times(stage / "upper", packages_meta.get("epoch", MIN_EPOCH))
+    with bounded(stage, job.inputs.get("write_limit") or DEFAULT_WRITE_LIMIT) as bound:
+        upper = bound.path / "upper"
+        mount_overlay([lower], upper, bound.path / "work", merged)
+        try:
+            apply_system(merged, handler, warnings)
+            apply_accounts(merged, handler, job.key)
+            apply_services(merged, handler, warnings)
+            apply_security(merged, handler, warnings)
+            run_post_scripts(merged, handler, job.inputs["ks_dir"], where.get("post", []), bound)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            raise BuildError(f"configuring the tree: {bound.message()}") from None
+        finally:
+            run(["umount", merged])
+        merged.rmdir()
+        # what the settings and %post wrote gets the packages' epoch, not this build's time
+        packages_meta = json.loads((job.parent_dir("packages") / "meta.json").read_text())
+        clamp_times(upper, packages_meta.get("epoch", MIN_EPOCH))
+        run(["cp", "-a", upper, stage / "upper"], what="copying the configured changes")
     return {"warnings": warnings}
 
 

@@ -66,6 +66,9 @@ def step(paths: Paths, name: str) -> None:
         if layer.inputs is not None:
             text = canonical_json(layer.inputs(source)) + "\n"
             write_if_changed(build / "inputs" / f"{layer.name}.json", text)
+        if layer.unkeyed is not None:
+            text = canonical_json(layer.unkeyed(source)) + "\n"
+            write_if_changed(build / "inputs" / f"{layer.name}.unkeyed.json", text)
     write_if_changed(files_file(paths, name), json.dumps([str(f) for f in ks.files]) + "\n")
     key = layer_key("kickstart", VERSION, {"sections": ks.sections, "syntax": conf.syntax})
     report.record(paths, name, "kickstart", key, True, time.monotonic() - started)
