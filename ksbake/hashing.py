@@ -101,7 +101,7 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def write_if_changed(path: Path, text: str) -> bool:
+def write_if_changed(path: Path, text: str, mode: int = 0o644) -> bool:
     """Write ``text`` unless the file already holds it; keeps mtimes stable for doit.
 
     The write goes to a temporary file renamed into place, so readers never see half a file.
@@ -113,6 +113,9 @@ def write_if_changed(path: Path, text: str) -> bool:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, mode)  # whatever the umask
     tmp.replace(path)
     return True

@@ -28,6 +28,7 @@ from ksbake.layers.l6_bootloader import kernels as kernel_list
 from ksbake.layers.l6_bootloader.grubcfg import grub_cfg
 from ksbake.layers.l6_bootloader.kernels import Kernel, rpmvercmp
 from ksbake.layout import DiskPlan, MiB, PartitionPlan, Plan
+from ksbake.passwords import grub_password_hash
 from ksbake.treefs import MergedTree
 
 ROOT_UUID = "6f1b1c3e-0d6a-4c2e-9a51-3f0e2a7b9c01"
@@ -194,9 +195,9 @@ def test_grub_cfg_root_only_default_timeout_and_quoting() -> None:
 
 
 def test_grub_password() -> None:
-    hashed = grubcfg.grub_password_hash("secret", "seed1")
-    assert hashed == grubcfg.grub_password_hash("secret", "seed1")
-    assert hashed != grubcfg.grub_password_hash("secret", "seed2")
+    hashed = grub_password_hash("secret", "seed1")
+    assert hashed == grub_password_hash("secret", "seed1")
+    assert hashed != grub_password_hash("secret", "seed2")
     parts = hashed.split(".")
     assert parts[:4] == ["grub", "pbkdf2", "sha512", "10000"]
     salt, digest = bytes.fromhex(parts[4]), bytes.fromhex(parts[5])

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import Workspace, demo_kickstart, object_file
 
-from ksbake.layers.l4_config import password_field, sha512_crypt
+from ksbake.layers.l4_config import password_field
+from ksbake.passwords import sha512_crypt
 
 CRYPTED = (
     "$6$fixedsalt$VQ7JOx3c/KmGkZqRnv0.Pq6JK.D1bZlq1sJ6kX5sGUBn1yZLZ3Qz8S0z9vI1Nq2yDd0Kc1I8x0g"

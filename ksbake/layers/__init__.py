@@ -34,8 +34,13 @@ def lock_inputs(src: Source) -> dict[str, Any]:
 def config_inputs(src: Source) -> dict[str, Any]:
     """System commands (lang, keyboard, timezone, rootpw, user, group, sshkey, services,
     selinux, firewall, network) and %post scripts."""
-    s = src.ks.sections
-    return {"ks": s["system"] + s["post"], "syntax": src.conf.syntax}
+    from ksbake.layers.l1_kickstart.system import hash_passwords
+
+    s = src.ks.sections  # passwords leave the kickstart layer hashed
+    return {
+        "ks": hash_passwords(s["system"], src.conf.syntax) + s["post"],
+        "syntax": src.conf.syntax,
+    }
 
 
 def config_unkeyed(src: Source) -> dict[str, Any]:
@@ -59,9 +64,13 @@ def disks_inputs(src: Source) -> dict[str, Any]:
 
 
 def bootloader_inputs(src: Source) -> dict[str, Any]:
+    from ksbake.layers.l1_kickstart.system import grub_password
     from ksbake.layers.l6_bootloader.settings import bootloader_settings
 
-    return {"bootloader": bootloader_settings(src.ks.handler), "firmware": src.conf.firmware}
+    settings = bootloader_settings(src.ks.handler)
+    if settings["password"] and not settings["password_crypted"]:  # hashed here, not later
+        settings |= {"password": grub_password(settings["password"]), "password_crypted": True}
+    return {"bootloader": settings, "firmware": src.conf.firmware}
 
 
 def convert_inputs(src: Source) -> dict[str, Any]:

@@ -14,8 +14,6 @@ kickstart's directory.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import json
 import logging
@@ -30,6 +28,7 @@ from typing import Any
 from ksbake import treefs
 from ksbake.chroot import sandboxed
 from ksbake.errors import BuildError
+from ksbake.passwords import sha512_crypt
 from ksbake.run import probe, run
 from ksbake.runner import Job
 from ksbake.treefs import MIN_EPOCH, clamp_times
@@ -46,18 +45,6 @@ CHROOT_ENV = {
 
 
 # -- passwords ------------------------------------------------------------------------------
-
-
-def sha512_crypt(password: str, salt: str) -> str:
-    """SHA-512 crypt(3) via the system's libcrypt (Python's crypt module is gone in 3.13)."""
-    name = ctypes.util.find_library("crypt") or "libcrypt.so.1"
-    lib = ctypes.CDLL(name)
-    lib.crypt.restype = ctypes.c_char_p
-    lib.crypt.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
-    out = lib.crypt(password.encode(), f"$6${salt}$".encode())
-    if not out or not out.startswith(b"$6$"):
-        raise BuildError("libcrypt does not support SHA-512 crypt")
-    return out.decode()
 
 
 def _salt(seed: str, who: str) -> str:

@@ -49,7 +49,7 @@ def recorded_files(paths: Paths, name: str) -> list[str]:
 def step(paths: Paths, name: str) -> None:
     from ksbake import kickstart
     from ksbake.layers import CHAIN
-    from ksbake.layers.l1_kickstart import partitions
+    from ksbake.layers.l1_kickstart import partitions, system
     from ksbake.runner import Source
 
     started = time.monotonic()
@@ -57,6 +57,7 @@ def step(paths: Paths, name: str) -> None:
     ks = kickstart.load(paths.kickstart(name), version=conf.syntax, compat=conf.compat)
     for warning in ks.warnings:
         log.warning("%s", warning)
+    system.check(ks)
     plan, plan_warnings = partitions.plan_with_warnings(ks, conf.disk_sizes)
     for warning in plan_warnings:
         log.warning("%s", warning)
@@ -64,11 +65,11 @@ def step(paths: Paths, name: str) -> None:
     source = Source(ks, conf, plan, str(paths.out / name))
     for layer in CHAIN:
         if layer.inputs is not None:
-            text = canonical_json(layer.inputs(source)) + "\n"
-            write_if_changed(build / "inputs" / f"{layer.name}.json", text)
+            text = canonical_json(layer.inputs(source)) + "\n"  # owner-only: hashes inside
+            write_if_changed(build / "inputs" / f"{layer.name}.json", text, mode=0o600)
         if layer.unkeyed is not None:
             text = canonical_json(layer.unkeyed(source)) + "\n"
-            write_if_changed(build / "inputs" / f"{layer.name}.unkeyed.json", text)
+            write_if_changed(build / "inputs" / f"{layer.name}.unkeyed.json", text, mode=0o600)
     write_if_changed(files_file(paths, name), json.dumps([str(f) for f in ks.files]) + "\n")
     key = layer_key("kickstart", VERSION, {"sections": ks.sections, "syntax": conf.syntax})
     report.record(paths, name, "kickstart", key, True, time.monotonic() - started)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 
 from ksbake.errors import BuildError
 from ksbake.layers.l6_bootloader.kernels import Kernel
-
-PBKDF2_ITERATIONS = 10000  # grub-mkpasswd-pbkdf2's default
+from ksbake.passwords import grub_password_hash
 
 
 def grub_quote(word: str) -> str:
@@ -23,13 +21,6 @@ def kernel_cmdline(root_uuid: str, append: str) -> str:
     return " ".join(
         w for w in (f"root=UUID={root_uuid}", "ro", "console=ttyS0,115200", append) if w
     )
-
-
-def grub_password_hash(password: str, seed: str) -> str:
-    """``grub-mkpasswd-pbkdf2`` output for ``password``, salted from ``seed`` (reproducible)."""
-    salt = hashlib.sha512(f"{seed}:grub-password".encode()).digest()
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, PBKDF2_ITERATIONS, 64)
-    return f"grub.pbkdf2.sha512.{PBKDF2_ITERATIONS}.{salt.hex().upper()}.{digest.hex().upper()}"
 
 
 def grub_cfg(
