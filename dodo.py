@@ -7,7 +7,7 @@ from ksbake.report import run_id
 from ksbake.run import setup_logging
 from tasks.appliance import task_appliance  # noqa: F401
 from tasks.boottest import task_boottest  # noqa: F401
-from tasks.common import PATHS, XxhashChecker
+from tasks.common import PATHS, XxhashChecker, interrupt_in_one_line
 from tasks.gc import task_gc  # noqa: F401
 from tasks.layers import creators
 from tasks.repo import task_repo  # noqa: F401
@@ -15,6 +15,7 @@ from tasks.verify import task_verify  # noqa: F401
 
 globals().update(creators())  # task_kickstart ... task_publish, one per layer of the chain
 setup_logging()
+interrupt_in_one_line()
 PATHS.cache.mkdir(parents=True, exist_ok=True)
 run_id()  # one id for this doit run, inherited by its worker processes (summary: "cached")
 

@@ -8,11 +8,29 @@ downloads; defaults to the cache directory), ``KSBAKE_OUT`` (published appliance
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MAX_INPUT_BYTES = 4 * 2**20
+"""A kickstart, an included file or a settings file is text of this size at most: a link to
+/dev/zero or a huge file must not hang every doit command that reads it."""
+
+
+def read_bounded(path: str | Path) -> bytes:
+    """The bytes of a regular file of at most MAX_INPUT_BYTES; OSError (with a reason) if it
+    is something else (a device, a FIFO, a directory) or bigger."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        data = f.read(MAX_INPUT_BYTES + 1)
+    if len(data) > MAX_INPUT_BYTES:
+        raise OSError(errno.EFBIG, f"larger than {MAX_INPUT_BYTES // 2**20} MiB")
+    return data
 
 
 @dataclass(frozen=True)

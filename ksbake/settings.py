@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ksbake.errors import ConfigError
+from ksbake.paths import read_bounded
 
 DEFAULT_SYNTAX = "F40"
 DEFAULT_RELEASEVER = "40"
@@ -92,6 +93,32 @@ def _positive(value: Any) -> Any:
     return value
 
 
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+"""An appliance name: file names (NAME-sda.qcow2), XML names, OVF ids all take it."""
+VERSION_RE = re.compile(r"[A-Za-z0-9._+~]*")
+"""A version or release as the descriptors can write it (virt-image's parser, OVF)."""
+
+
+def _version(value: Any) -> str:
+    text = str(value)
+    if not VERSION_RE.fullmatch(text) or len(text) > 64:
+        raise ValueError(
+            f"{text!r} holds characters descriptors cannot carry (use letters, "
+            "digits and . _ + ~, 64 at most)"
+        )
+    return text
+
+
+def _at_most(limit: int) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        _positive(value)
+        if value > limit:
+            raise ValueError(f"must be at most {limit}, got {value!r}")
+        return value
+
+    return check
+
+
 def _str_table(value: dict[str, Any]) -> dict[str, str]:
     for k, v in value.items():
         if not isinstance(v, str):
@@ -165,10 +192,10 @@ FIELDS.update(
             "streamOptimized (VMware/OVF import) or monolithicSparse",
             _one_of("streamOptimized", "monolithicSparse"),
         ),
-        "version": Field((str, int, float), "appliance version (descriptor)", str),
-        "release": Field((str, int), "appliance release (descriptor)", str),
-        "vcpus": Field((int,), "virtual CPUs (descriptor)", _positive),
-        "memory": Field((int,), "memory in MiB (descriptor)", _positive),
+        "version": Field((str, int, float), "appliance version (descriptor)", _version),
+        "release": Field((str, int), "appliance release (descriptor)", _version),
+        "vcpus": Field((int,), "virtual CPUs (descriptor)", _at_most(4096)),
+        "memory": Field((int,), "memory in MiB (descriptor)", _at_most(16 * 2**20)),
         "ova": Field((bool,), "also package the OVF descriptor and vmdk disks as NAME.ova"),
         "publish": Field(
             (str,),
@@ -195,12 +222,20 @@ def load(name: str, configs_dir: Path, environ: dict[str, str] | None = None) ->
     """Read ``configs_dir/NAME.toml`` if it exists, validate it and apply env overrides."""
     env = os.environ if environ is None else environ
     path = configs_dir / f"{name}.toml"
+    if not NAME_RE.fullmatch(name) or len(name) > 64:
+        raise ConfigError(
+            f"{configs_dir / name}.ks: {name!r} cannot be an appliance name",
+            hint="name the kickstart with letters, digits and . _ + - (64 at most), "
+            "starting with a letter or digit",
+        )
     values: dict[str, Any] = {}
     if path.exists():
         try:
-            raw = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
+            raw = tomllib.loads(read_bounded(path).decode())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from None
         for key, value in raw.items():
             spec = FIELDS.get(key)
             if spec is None:

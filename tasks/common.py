@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +53,19 @@ def objects_intact(layer: str, ref: str) -> bool:
     keys = [data["key"]] if "key" in data else [v["key"] for v in data["items"].values()]
     store = Store(PATHS.store)
     return all(store.intact(layer, key) for key in keys)
+
+
+def interrupt_in_one_line() -> None:
+    """Ctrl-C ends the run with one line, not doit's traceback. The store removes what was
+    being built (``Store.obtain`` cleans up on any exception); workers get the signal too."""
+
+    def stop(_signum: int, _frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # one line, even on a second Ctrl-C
+        print("ksbake: interrupted: nothing half-built is kept", file=sys.stderr, flush=True)
+        raise SystemExit(130)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, stop)
 
 
 def action(step: str, *args: Any) -> Callable[[], Any]:

@@ -65,6 +65,18 @@ def test_gpt_biosboot_boots(workspace: Workspace) -> None:
 
 
 @pytest.mark.boot
+def test_ext4_boot_beside_an_xfs_root_boots(workspace: Workspace) -> None:
+    parts = (
+        "part /boot --fstype=ext4 --size=64 --ondisk=sda\n"
+        "part / --fstype=xfs --size=320 --grow --ondisk=sda\n"
+    )
+    workspace.write("demo.ks", with_parts(parts))
+    ok(workspace.doit("boottest:demo"))
+    seen = mounts(workspace, "demo")
+    assert seen["/"] == ("/dev/vda2", "xfs") and seen["/boot"] == ("/dev/vda1", "ext4")
+
+
+@pytest.mark.boot
 def test_uefi_boots_with_ovmf(workspace: Workspace) -> None:
     workspace.write(
         "demo.ks",

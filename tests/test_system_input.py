@@ -91,3 +91,49 @@ def test_hash_passwords_is_deterministic_and_keeps_crypted_ones() -> None:
     assert once == twice and "secret" not in once and "--iscrypted" in once
     crypted = "rootpw --iscrypted $6$abc$def\n"
     assert "$6$abc$def" in hash_passwords(crypted, "F40")
+
+
+SETTINGS = [
+    pytest.param(
+        "",
+        "part / --fstype=ext4 --size=999999999999 --ondisk=sda",
+        ("demo.ks:", "larger than the 16 TiB"),
+        id="huge-part",
+    ),
+    pytest.param(
+        '[disk_sizes]\nsda = "20TiB"\n', None, ("demo.toml: disk_sizes:", "16 TiB"), id="huge-disk"
+    ),
+    pytest.param(
+        '[disk_sizes]\nsdq = "1GiB"\n', None, ("demo.toml: disk_sizes:", "sdq"), id="unknown-disk"
+    ),
+    pytest.param('syntax = "F99"\n', None, ("demo.toml: syntax:",), id="syntax"),
+    pytest.param('version = "1 0"\n', None, ("demo.toml", "version"), id="version"),
+    pytest.param('release = "1/2"\n', None, ("demo.toml", "release"), id="release"),
+    pytest.param("vcpus = 100000\n", None, ("demo.toml", "vcpus", "at most 4096"), id="vcpus"),
+    pytest.param("memory = 0\n", None, ("demo.toml", "memory"), id="memory"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("toml", "part", "needles"), SETTINGS)
+def test_settings_and_sizes_are_refused_before_any_build(
+    workspace: Workspace, toml: str, part: str | None, needles: tuple[str, ...]
+) -> None:
+    text = DEMO
+    if part:
+        text = text.replace("part / --fstype=ext4 --size=192 --grow --ondisk=sda", part)
+    workspace.write("demo.ks", text)
+    if toml:
+        workspace.write("demo.toml", toml)
+    r = workspace.doit("kickstart:demo")
+    errors = [x for x in r.err.splitlines() if x.startswith("ksbake: error:")]
+    assert r.rc != 0 and len(errors) == 1, r.err
+    assert all(n in errors[0] for n in needles), errors[0]
+    assert "Traceback" not in r.err + r.out
+
+
+@pytest.mark.slow
+def test_a_name_descriptors_cannot_carry_is_refused(workspace: Workspace) -> None:
+    workspace.write("bad name.ks", DEMO)
+    r = workspace.doit("kickstart")
+    assert r.rc != 0 and "'bad name' cannot be an appliance name" in r.err, r.err

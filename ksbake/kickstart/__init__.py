@@ -24,6 +24,7 @@ current directory), so a build does not depend on where it is started from.
 
 from __future__ import annotations
 
+import errno
 import re
 import shlex
 import warnings
@@ -41,6 +42,7 @@ from pykickstart.parser import KickstartParser, Packages, Script
 
 from ksbake.errors import ConfigError, KickstartError
 from ksbake.kickstart.compat import Legacy
+from ksbake.paths import read_bounded
 
 DEFAULT_SYNTAX = "F40"
 """Kickstart syntax version used unless the appliance settings pin another one."""
@@ -330,8 +332,23 @@ def _translate_error(
     if not lineno or not line_map:
         return KickstartError(str(flat.main), None, message, hint)
     loc = locate(line_map, lineno)
+    if not _quotable(loc.path, flat.main):
+        return KickstartError(
+            str(loc.path),
+            loc.line,
+            "not kickstart syntax (the line is not shown: it comes from a file outside the "
+            "kickstart's directory)",
+            "check what this %include reads",
+        )
     message = _redact(message, flat.lines[min(lineno, len(flat.lines)) - 1].text)
     return KickstartError(str(loc.path), loc.line, message, hint)
+
+
+def _quotable(path: Path, main: Path) -> bool:
+    """Errors may quote the kickstart's own files (beside it, or below), never another file
+    an %include happened to read (``%include /etc/shadow`` must not print the shadow file)."""
+    top = main.resolve().parent
+    return path.resolve() == main.resolve() or top in path.resolve().parents
 
 
 def _locate_warning(
@@ -607,8 +624,14 @@ class _Flattener:
         self._emit("%end", section.where)
 
 
+KERNEL_TREES = ("/proc", "/sys", "/dev")
+
+
 def _read_text(path: Path) -> str:
-    data = path.read_bytes()
+    resolved = str(path.resolve())
+    if any(resolved == t or resolved.startswith(t + "/") for t in KERNEL_TREES):
+        raise OSError(errno.EINVAL, f"{resolved} is a kernel interface, not a kickstart")
+    data = read_bounded(path)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -37,6 +37,7 @@ from ksbake.formats import FORMATS, LIBVIRT_FORMATS, OVF_FORMATS, VIRT_IMAGE_FOR
 from ksbake.hashing import sha256_file
 from ksbake.layers.l7_convert import records_of
 from ksbake.runner import Job
+from ksbake.settings import NAME_RE, VERSION_RE
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -62,8 +63,8 @@ _OVF_OS = {
     "aarch64": ("101", None, "Linux (64-bit)"),
 }
 
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
-_VERSION_RE = re.compile(r"[A-Za-z0-9._+~]*")
+_NAME_RE = NAME_RE
+_VERSION_RE = VERSION_RE
 _DISK_RE = re.compile(r"[A-Za-z0-9]+")
 _FILE_RE = re.compile(r"[A-Za-z0-9_.+%-]+")  # image.rng relFilePath without "/"
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")

@@ -15,11 +15,13 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from ksbake import report, settings
+from ksbake.errors import ConfigError
 from ksbake.hashing import canonical_json, layer_key, write_if_changed
-from ksbake.paths import Paths
+from ksbake.paths import Paths, read_bounded
 
 log = logging.getLogger("ksbake")
 VERSION = 1
@@ -54,11 +56,13 @@ def step(paths: Paths, name: str) -> None:
 
     started = time.monotonic()
     conf = settings.load(name, paths.configs)
-    ks = kickstart.load(paths.kickstart(name), version=conf.syntax, compat=conf.compat)
+    with _setting(paths, name, "syntax"):
+        ks = kickstart.load(paths.kickstart(name), version=conf.syntax, compat=conf.compat)
     for warning in ks.warnings:
         log.warning("%s", warning)
     system.check(ks)
-    plan, plan_warnings = partitions.plan_with_warnings(ks, conf.disk_sizes)
+    with _setting(paths, name, "disk_sizes"):
+        plan, plan_warnings = partitions.plan_with_warnings(ks, conf.disk_sizes)
     for warning in plan_warnings:
         log.warning("%s", warning)
     build = paths.build_dir(name)
@@ -75,11 +79,20 @@ def step(paths: Paths, name: str) -> None:
     report.record(paths, name, "kickstart", key, True, time.monotonic() - started)
 
 
+@contextlib.contextmanager
+def _setting(paths: Paths, name: str, key: str) -> Iterator[None]:
+    """A settings problem found while using a setting: name the settings file and the key."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise ConfigError(f"{paths.settings(name)}: {key}: {exc.message}", exc.hint) from None
+
+
 def uses_bundled_repo(paths: Paths, name: str) -> bool:
     """Cheap text check (no parsing) used when doit loads: does the build need ``repo``?"""
     texts = []
     for f in [*recorded_files(paths, name), str(paths.settings(name))]:
-        with contextlib.suppress(OSError):
-            texts.append(Path(f).read_text(errors="replace"))
+        with contextlib.suppress(OSError):  # the kickstart task says what is wrong with it
+            texts.append(read_bounded(f).decode(errors="replace"))
     texts.append(os.environ.get("KSBAKE_MIRRORS", ""))
     return any("ksbake_repo" in t for t in texts)

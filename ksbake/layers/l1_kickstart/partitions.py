@@ -64,6 +64,7 @@ DISKLABELS = ("msdos", "gpt")
 GPT_MAX_PARTITIONS = 128
 MSDOS_MAX_PRIMARY = 4
 GROW_MIN_MIB = 1
+MAX_DISK_MIB = 16 * 2**20  # 16 TiB: the largest file ext4 (with 4 KiB blocks) can hold
 BIOSBOOT_DEFAULT_MIB = 1
 
 LEAD_MIB = 1
@@ -554,6 +555,11 @@ def _disk_sizes(given: dict[str, int] | None, by_disk: dict[str, list[_Request]]
                 f"disk size for {key} ({value} bytes) is not a whole number of MiB",
                 f"use {value // MiB} MiB or {value // MiB + 1} MiB",
             )
+        if value // MiB > MAX_DISK_MIB:
+            raise ConfigError(
+                f"disk size for {key} is larger than the {MAX_DISK_MIB // 2**20} TiB a disk "
+                "image file can be"
+            )
         sizes[name] = value // MiB
     return sizes
 
@@ -584,6 +590,13 @@ def _layout(
     sizes = [r.size for r in ordered]
     if fixed_mib is None:
         disk_mib = base + overhead
+        if disk_mib > MAX_DISK_MIB:
+            raise ks.error(
+                max(requests, key=lambda r: r.size).where,
+                f"disk {name} would be {disk_mib // 2**20} TiB: larger than the "
+                f"{MAX_DISK_MIB // 2**20} TiB a disk image file can be",
+                "give the partitions sizes in MiB that fit an appliance",
+            )
     else:
         disk_mib = fixed_mib
         if base + overhead > fixed_mib:

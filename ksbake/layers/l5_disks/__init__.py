@@ -150,6 +150,10 @@ def make_disks(plan: dict[str, Any], layers: list[str], out_dir: str, seed: str)
             _date_new_entries(fs, full, epoch)
 
         # format what can be formatted empty, measure the room, and check it all first
+        # xfs last: it is loop-mounted from the image file, and mke2fs refuses to write into
+        # a file that is mounted (an ext /boot beside an xfs / on one disk)
+        filesystems.sort(key=lambda fs: fs.part.fstype == "xfs")
+        mounted.sort(key=lambda fs: fs.part.fstype == "xfs")
         for fs in filesystems:
             _prepare(fs, ids, epoch, scratch, mounts)
         too_big = [fs for fs in mounted if fs.need * (1 - ESTIMATE_SLACK) > fs.capacity]

@@ -41,12 +41,9 @@ def _prepare_xfs(fs: Fs, scratch: Path, mounts: Mounts) -> None:
     splice(tmp, fs.image, p.start)
     tmp.unlink()
     fs.mnt = scratch / f"mnt-{fs.disk.name}-{p.number}"
-    mounts.mount(
-        ["-t", "xfs", "-o", f"loop,nouuid,offset={p.start},sizelimit={p.size}", str(fs.image)],
-        fs.mnt,
-        f"mounting the new xfs of {fs.where}",
-    )
+    _mount(fs, mounts)
     vfs = os.statvfs(fs.mnt)
+    mounts.umount(fs.mnt)  # until it is filled: mke2fs refuses an image file that is mounted
     fs.capacity = vfs.f_bavail * vfs.f_frsize
     bs = vfs.f_frsize
     c = fs.content
@@ -55,9 +52,21 @@ def _prepare_xfs(fs: Fs, scratch: Path, mounts: Mounts) -> None:
     fs.need = blocks * bs + c.inodes * 512
 
 
+def _mount(fs: Fs, mounts: Mounts) -> None:
+    """An offset loop mount of the partition (the loop device is cleared with the mount)."""
+    assert fs.mnt is not None
+    p = fs.part
+    mounts.mount(
+        ["-t", "xfs", "-o", f"loop,nouuid,offset={p.start},sizelimit={p.size}", str(fs.image)],
+        fs.mnt,
+        f"mounting the xfs of {fs.where}",
+    )
+
+
 def _populate_xfs(fs: Fs, mounts: Mounts) -> None:
     assert fs.mnt is not None
     src = fs.source
+    _mount(fs, mounts)
     try:
         if src is not None:
             run(["cp", "-a", f"{src}/.", f"{fs.mnt}/"], what=f"copying files into {fs.where}")
