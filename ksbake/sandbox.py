@@ -42,6 +42,8 @@ def call(
                 "--propagation=private",
                 "--pid",
                 "--fork",
+                "--mount-proc",  # /proc of the new PID namespace: tools that look up their
+                # children there (bubblewrap reads /proc/PID/ns) must see its numbers
                 "--kill-child",
                 "--",
                 *argv,
