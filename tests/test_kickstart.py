@@ -480,3 +480,37 @@ def test_bare_minus_in_packages_is_an_error_not_a_crash(tmp_path: Path) -> None:
 def test_missing_main_file(tmp_path: Path) -> None:
     with pytest.raises(KickstartError, match="cannot read the kickstart"):
         load(tmp_path / "nope.ks")
+
+
+def test_packages_parse_in_linear_time(tmp_path: Path) -> None:
+    """pykickstart re-sorts the list for every %packages line: 20k lines took a minute."""
+    import random
+    import time
+
+    from pykickstart.parser import KickstartParser
+    from pykickstart.version import makeVersion
+
+    from ksbake.kickstart import _Parser, parse_fragment
+
+    lines = [f"pkg{i}" for i in range(20000)] + ["-pkg7", "@core", "-@core", "pkg7", "-pkg9"]
+    path = tmp_path / "big.ks"
+    path.write_text("lang en_US.UTF-8\n%packages\n" + "\n".join(lines) + "\n%end\n")
+    started = time.monotonic()
+    ks = load(path)
+    again = parse_fragment(ks.sections["packages"], "F40")
+    assert time.monotonic() - started < 5  # seconds; a minute before (the bound has room)
+    assert len(ks.handler.packages.packageList) == 19999 == len(again.packages.packageList)
+    assert ks.handler.packages.excludedList == ["pkg9"]
+    # the same lists as pykickstart's own section, for any mix of lines
+    rng = random.Random(7)
+    for _ in range(200):
+        entries = [
+            rng.choice(["a", "b", "-a", "-b", "c", "@core", "-@core", "@^env"])
+            for _ in range(rng.randint(1, 10))
+        ]
+        text = "%packages\n" + "\n".join(entries) + "\n%end\n"
+        theirs, ours = makeVersion("F40"), makeVersion("F40")
+        KickstartParser(theirs).readKickstartFromString(text)
+        _Parser(ours, lambda *_: None).readKickstartFromString(text)
+        for attr in ("packageList", "excludedList", "environment"):
+            assert getattr(ours.packages, attr) == getattr(theirs.packages, attr), entries
