@@ -227,6 +227,20 @@ def test_full_disk_during_conversion(workspace: Workspace, small_store: Path) ->
     (small_store / "filler").unlink()
 
 
+def test_full_store_while_building_disks_says_so(workspace: Workspace, small_store: Path) -> None:
+    ws = Workspace(workspace.root, small_store)
+    ws.write("demo.ks", demo_kickstart())
+    ok(ws.doit("disks:demo"))
+    filler = small_store / "filler"  # up to "no space left", reserved blocks included
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M"], capture_output=True)
+    ws.write("demo.ks", demo_kickstart().replace("--size=192", "--size=200"))  # layout only
+    r = ws.doit("disks:demo")
+    assert r.rc != 0
+    assert "no space left on device" in r.err and "does not fit in its partition" not in r.err
+    assert not list((small_store / "staging").iterdir())
+    filler.unlink()
+
+
 # -- libvirt --------------------------------------------------------------------------------
 
 

@@ -123,6 +123,12 @@ def install(job: Job) -> dict[str, Any]:
         except dnf.exceptions.TransactionCheckError as exc:
             raise PackageError(f"rpm transaction check failed: {exc}") from None
         except dnf.exceptions.Error as exc:
+            if "Disk Requirements" in str(exc) or "No space left" in str(exc):
+                raise PackageError(
+                    f"no space left on device: installing into the store ({job.stage}) needs "
+                    "more room than its filesystem has",
+                    hint="free some space, or move the store with KSBAKE_STORE",
+                ) from None
             raise PackageError(f"dnf: {exc}") from None
         finally:
             base.close()

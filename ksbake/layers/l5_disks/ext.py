@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from ksbake.errors import BuildError, ToolError
-from ksbake.layers.l5_disks.model import Content, Fs, Ids, _lstat_in, _too_big_error, log
+from ksbake.layers.l5_disks.model import Content, Fs, Ids, _lstat_in, _too_big_error, host_full, log
 from ksbake.layers.l5_disks.sparse import _sparse
 from ksbake.layout import MiB, PartitionPlan
 from ksbake.run import run
@@ -157,7 +157,7 @@ def _populate_ext(fs: Fs, ids: Ids, epoch: int, full: Path) -> None:
         run(argv, env=_ext_env(epoch), what=f"making {p.fstype} on {fs.where}")
     except ToolError as exc:
         if _NO_SPACE.search(str(exc)):
-            raise _too_big_error([fs], ran_out=True) from None
+            raise host_full(fs.image.parent) or _too_big_error([fs], ran_out=True) from None
         raise
     _fix_ext_inodes(fs, epoch, full)
     if p.fstype != "ext4":  # mke2fs zeroes ext2/3 inode tables and journals: punch them out

@@ -10,7 +10,7 @@ from pathlib import Path
 from ksbake import treefs
 from ksbake.errors import BuildError, ToolError
 from ksbake.layers.l5_disks.ext import _NO_SPACE, _forbid, _split_opts
-from ksbake.layers.l5_disks.model import Content, Fs, Ids, _too_big_error
+from ksbake.layers.l5_disks.model import Content, Fs, Ids, _too_big_error, host_full
 from ksbake.layout import SECTOR
 from ksbake.run import run
 
@@ -109,7 +109,7 @@ def _populate_fat(fs: Fs, epoch: int, scratch: Path) -> None:
         )
     except ToolError as exc:
         if _NO_SPACE.search(str(exc)):
-            raise _too_big_error([fs], ran_out=True) from None
+            raise host_full(fs.image.parent) or _too_big_error([fs], ran_out=True) from None
         raise
 
 

@@ -138,6 +138,18 @@ def _lstat_in(root: Path, rel: str) -> os.stat_result | None:
     return st
 
 
+def host_full(path: Path) -> BuildError | None:
+    """The error to give when the store's own filesystem is (nearly) full: then a failing
+    mkfs ran out of host disk, not of partition (which would be the wrong thing to say)."""
+    st = os.statvfs(path)
+    if st.f_bfree * st.f_frsize >= 16 * MiB:  # root writes into the reserved blocks too
+        return None
+    return BuildError(
+        f"no space left on device: the store's filesystem ({path}) is full",
+        hint="free some space, or move the store with KSBAKE_STORE",
+    )
+
+
 def _too_big_error(too_big: list[Fs], ran_out: bool = False) -> BuildError:
     """One error for every filesystem that cannot hold its part of the tree."""
     parts = []

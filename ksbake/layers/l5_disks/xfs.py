@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ksbake.errors import BuildError, ToolError
 from ksbake.layers.l5_disks.ext import _NO_SPACE, _split_opts
-from ksbake.layers.l5_disks.model import Fs, _too_big_error
+from ksbake.layers.l5_disks.model import Fs, _too_big_error, host_full
 from ksbake.layers.l5_disks.sparse import _sparse, splice
 from ksbake.layers.l5_disks.split import Mounts
 from ksbake.layout import MiB
@@ -72,7 +72,7 @@ def _populate_xfs(fs: Fs, mounts: Mounts) -> None:
             run(["cp", "-a", f"{src}/.", f"{fs.mnt}/"], what=f"copying files into {fs.where}")
     except ToolError as exc:
         if _NO_SPACE.search(str(exc)):
-            raise _too_big_error([fs], ran_out=True) from None
+            raise host_full(fs.image.parent) or _too_big_error([fs], ran_out=True) from None
         raise
     finally:
         mounts.umount(fs.mnt)
