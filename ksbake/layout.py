@@ -17,6 +17,9 @@ SECTOR = 512
 MiB = 1024 * 1024
 ALIGN = MiB
 
+LABEL_MAX = {"ext2": 16, "ext3": 16, "ext4": 16, "xfs": 12, "vfat": 11, "efi": 11, "swap": 16}
+"""The longest filesystem label each type holds, in bytes."""
+
 FSTYPES = ("ext2", "ext3", "ext4", "xfs", "vfat", "efi", "swap", "biosboot")
 """Filesystem types an image builder can make (``efi`` is a vfat ESP, ``biosboot`` a raw
 1 MiB GPT partition for GRUB's core image)."""

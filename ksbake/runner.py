@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ksbake.errors import BuildError
+from ksbake.errors import BuildError, KsbakeError
 from ksbake.hashing import canonical_json, layer_key, write_if_changed
 from ksbake.paths import Paths
 
@@ -269,6 +269,15 @@ def verify_inputs(store: Store, spec: Layer, parents: dict[str, Any]) -> None:
         for parent, value in (meta.get("parents") or {}).items():
             keys = value.values() if isinstance(value, dict) else [value]
             todo += [(parent, k) for k in keys if parent in spec.checks]
+
+
+def located(exc: KsbakeError, where: str | None) -> KsbakeError:
+    """The same error, said at ``where`` (a kickstart's file:line) when it names no place."""
+    if not where or exc.message.startswith(where):
+        return exc
+    located_exc = type(exc).__new__(type(exc))
+    KsbakeError.__init__(located_exc, f"{where}: {exc.message}", exc.hint)
+    return located_exc
 
 
 def build_in_worker(build: str, job: dict[str, Any]) -> dict[str, Any]:

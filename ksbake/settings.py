@@ -267,4 +267,10 @@ def load(name: str, configs_dir: Path, environ: dict[str, str] | None = None) ->
         values["mirrors"] = mirrors
     if env.get("KSBAKE_ACCEL"):
         values["accel"] = env["KSBAKE_ACCEL"]
-    return Settings(name=name, **values)
+    conf = Settings(name=name, **values)
+    if conf.ova and ("vmdk" not in conf.formats or conf.vmdk_subformat != "streamOptimized"):
+        raise ConfigError(
+            f"{path}: ova: an OVA needs streamOptimized vmdk disks",
+            hint='add "vmdk" to formats and keep vmdk_subformat = "streamOptimized"',
+        )
+    return conf

@@ -171,9 +171,11 @@ def test_tools_are_known_versions() -> None:
 def test_unkeyed_inputs_are_apart(base: dict[str, dict[str, Any]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         unkeyed = all_inputs(Path(tmp) / "configs", DEMO, unkeyed=True)
-    assert {layer.name for layer in CHAIN if layer.unkeyed} == {"config"} == set(unkeyed)
+    with_unkeyed = {layer.name for layer in CHAIN if layer.unkeyed}
+    assert with_unkeyed == {"lock", "config", "disks", "bootloader"} == set(unkeyed)
     assert set(unkeyed["config"]) == {"ks_dir", "where", "write_limit"}
-    assert not set(unkeyed["config"]) & set(base["config"])  # never both
+    for name in with_unkeyed:  # file:line for errors, paths, bounds: never keyed as well
+        assert "where" in unkeyed[name] and not set(unkeyed[name]) & set(base[name]), name
 
 
 # -- which edit changes which layer's keyed inputs ----------------------------------------------

@@ -43,6 +43,30 @@ def config_inputs(src: Source) -> dict[str, Any]:
     }
 
 
+def packages_line(src: Source) -> str:
+    """file:line of the %packages header (or of the kickstart: there is none)."""
+    for number, line in enumerate(src.ks.text.splitlines(), 1):
+        if line.strip().startswith("%packages"):
+            return str(src.ks.line_of(number))
+    return str(src.ks.path)
+
+
+def lock_unkeyed(src: Source) -> dict[str, Any]:
+    """``where``: the %packages line, for what the depsolve finds wrong with it."""
+    return {"where": {"packages": packages_line(src)}}
+
+
+def bootloader_unkeyed(src: Source) -> dict[str, Any]:
+    """``where``: the %packages line (a tree without a kernel is its doing)."""
+    return {"where": {"packages": packages_line(src)}}
+
+
+def disks_unkeyed(src: Source) -> dict[str, Any]:
+    """``where``: each mount point's part line (for a filesystem its tree does not fit)."""
+    parts = src.ks.handler.partition.partitions
+    return {"where": {p.mountpoint: str(src.ks.line_of(p)) for p in parts if p.mountpoint}}
+
+
 def config_unkeyed(src: Source) -> dict[str, Any]:
     """``ks_dir``: %post --nochroot's cwd (a workspace path); ``where``: file:line of each
     %post (for errors); ``write_limit``: how much the tree may grow (the size of the plan's
@@ -51,9 +75,13 @@ def config_unkeyed(src: Source) -> dict[str, Any]:
 
     posts = [x for x in src.ks.handler.scripts if x.type == KS_SCRIPT_POST]
     mounted = [p.size for d in src.plan.disks for p in d.partitions if p.mountpoint]
+    keys = getattr(getattr(src.ks.handler, "sshkey", None), "sshUserList", [])
     return {
         "ks_dir": str(src.ks.path.parent),
-        "where": {"post": [str(src.ks.line_of(x)) for x in posts]},
+        "where": {
+            "post": [str(src.ks.line_of(x)) for x in posts],
+            "sshkey": {k.username: str(src.ks.line_of(k)) for k in keys},
+        },
         "write_limit": max(sum(mounted), 64 * 2**20),
     }
 
@@ -132,6 +160,7 @@ CHAIN: tuple[Layer, ...] = (
         version=2,
         doc="resolve the package set",
         inputs=lock_inputs,
+        unkeyed=lock_unkeyed,
         tools=("dnf", "hawkey"),
         discover=L + "l2_lock:metadata",  # repo metadata checksums: a nightly re-lock
         build=L + "l2_lock:resolve",
@@ -167,6 +196,7 @@ CHAIN: tuple[Layer, ...] = (
         version=4,  # 3: tables by sfdisk; 4: every inode's atime and ctime the epoch
         doc="partitioned raw disks",
         inputs=disks_inputs,
+        unkeyed=disks_unkeyed,
         parents=("config",),
         checks=("packages",),  # the configured tree is config's upper over packages' tree
         tools=(
@@ -187,6 +217,7 @@ CHAIN: tuple[Layer, ...] = (
         version=3,
         doc="bootable disks (GRUB for BIOS and/or UEFI)",
         inputs=bootloader_inputs,
+        unkeyed=bootloader_unkeyed,
         parents=("disks",),
         checks=("config", "packages"),  # reads the tree's kernels and GRUB modules
         tools=("grub-mkimage",),

@@ -26,7 +26,7 @@ from typing import Any
 from ksbake.errors import PackageError
 from ksbake.hashing import canonical_json, file_digest
 from ksbake.paths import Paths
-from ksbake.runner import Job
+from ksbake.runner import Job, located
 
 LOCK_FORMAT = 1
 BUNDLED_VAR = "ksbake_repo"
@@ -369,10 +369,13 @@ def resolve(job: Job) -> dict[str, Any]:
     ksdata = session.handler.packages
     settings = job.inputs["settings"]
     warnings: list[str] = []
+    where = job.inputs.get("where", {}).get("packages")
     try:
         lock = _depsolve(session.base, ksdata, list(ksdata.excludedList), warnings)
     except dnf.exceptions.Error as exc:
-        raise PackageError(f"dnf: {exc}") from None
+        raise located(PackageError(f"dnf: {exc}"), where) from None
+    except PackageError as exc:  # a package or group of %packages: say where it is asked for
+        raise located(exc, where) from None
     lock |= {
         "format": LOCK_FORMAT,
         "releasever": settings["releasever"],

@@ -30,7 +30,7 @@ from ksbake.chroot import sandboxed
 from ksbake.errors import BuildError
 from ksbake.passwords import sha512_crypt
 from ksbake.run import probe, run
-from ksbake.runner import Job
+from ksbake.runner import Job, located
 from ksbake.treefs import MIN_EPOCH, clamp_times
 
 log = logging.getLogger("ksbake")
@@ -455,7 +455,11 @@ def configure(job: Job) -> dict[str, Any]:
         mount_overlay([lower], upper, bound.path / "work", merged)
         try:
             apply_system(merged, handler, warnings)
-            apply_accounts(merged, handler, job.key)
+            try:
+                apply_accounts(merged, handler, job.key)
+            except BuildError as exc:  # "sshkey: user 'x' does not exist": at its line
+                name = exc.message.split("'")[1] if exc.message.startswith("sshkey:") else ""
+                raise located(exc, where.get("sshkey", {}).get(name)) from None
             apply_services(merged, handler, warnings)
             apply_security(merged, handler, warnings)
             run_post_scripts(merged, handler, job.inputs["ks_dir"], where.get("post", []), bound)

@@ -51,7 +51,7 @@ def recorded_files(paths: Paths, name: str) -> list[str]:
 def step(paths: Paths, name: str) -> None:
     from ksbake import kickstart
     from ksbake.layers import CHAIN
-    from ksbake.layers.l1_kickstart import partitions, system
+    from ksbake.layers.l1_kickstart import checks, partitions, system
     from ksbake.runner import Source
 
     started = time.monotonic()
@@ -61,8 +61,10 @@ def step(paths: Paths, name: str) -> None:
     for warning in ks.warnings:
         log.warning("%s", warning)
     system.check(ks)
+    checks.check_sources(ks, conf, paths.settings(name))
     with _setting(paths, name, "disk_sizes"):
         plan, plan_warnings = partitions.plan_with_warnings(ks, conf.disk_sizes)
+    checks.check_layout(ks, plan)
     for warning in plan_warnings:
         log.warning("%s", warning)
     build = paths.build_dir(name)

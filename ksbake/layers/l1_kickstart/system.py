@@ -40,7 +40,7 @@ def check(ks: Kickstart) -> None:
             raise ks.error(obj, what, hint)
 
     name_hint = "use lower-case letters, digits, '_', '-' and '.' (32 at most), as useradd does"
-    for user in h.user.userList:
+    for user in getattr(getattr(h, "user", None), "userList", []):
         need(
             bool(NAME.fullmatch(user.name or "")),
             user,
@@ -75,14 +75,14 @@ def check(ks: Kickstart) -> None:
                 f"user --groups: {group!r} is not a valid group name",
                 name_hint,
             )
-    for group in h.group.groupList:
+    for group in getattr(getattr(h, "group", None), "groupList", []):
         need(
             bool(NAME.fullmatch(group.name or "")),
             group,
             f"group --name={group.name!r}: not a valid group name",
             name_hint,
         )
-    for key in getattr(h.sshkey, "sshUserList", []):
+    for key in getattr(getattr(h, "sshkey", None), "sshUserList", []):
         need(
             bool(NAME.fullmatch(key.username or "")),
             key,
@@ -121,7 +121,8 @@ def check(ks: Kickstart) -> None:
             f"timezone {zone!r}: not a time zone name",
             "e.g. timezone Europe/Paris",
         )
-    for unit in [*h.services.enabled, *h.services.disabled]:
+    services = getattr(h, "services", None)
+    for unit in [*getattr(services, "enabled", []), *getattr(services, "disabled", [])]:
         need(
             bool(UNIT.fullmatch(unit)),
             h.services,

@@ -59,7 +59,6 @@ from ksbake.layers.l5_disks.model import (
     ESTIMATE_SLACK,
     EXT,
     FAT,
-    LABEL_MAX,
     Content,
     Fs,
     Ids,
@@ -80,9 +79,9 @@ from ksbake.layers.l5_disks.split import (
 )
 from ksbake.layers.l5_disks.table import _assign_ids, write_table
 from ksbake.layers.l5_disks.xfs import _populate_xfs, _prepare_xfs
-from ksbake.layout import FSTYPES, SECTOR, DiskPlan, Plan
+from ksbake.layout import FSTYPES, LABEL_MAX, SECTOR, DiskPlan, Plan
 from ksbake.run import run
-from ksbake.runner import Job
+from ksbake.runner import Job, located
 
 
 def build(job: Job) -> dict[str, Any]:
@@ -91,7 +90,13 @@ def build(job: Job) -> dict[str, Any]:
 
     plan = job.inputs["plan"]
     layers = [str(p) for p in tree_layers(job.parent_dir("config"))]
-    result = make_disks(plan, layers, job.staging, job.key)
+    try:
+        result = make_disks(plan, layers, job.staging, job.key)
+    except BuildError as exc:  # "/ (ext4, sda partition 2) does not fit": at its part line
+        where = job.inputs.get("where", {})
+        raise located(
+            exc, next((w for m, w in where.items() if exc.message.startswith(f"{m} (")), None)
+        ) from None
     (job.stage / "result.json").write_text(json.dumps(result, indent=1, sort_keys=True))
     (job.stage / "plan.json").write_text(json.dumps(plan, indent=1, sort_keys=True))
     return {"seal": [d["file"] for d in result["disks"]]}

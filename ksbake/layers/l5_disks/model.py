@@ -28,9 +28,6 @@ FAT32_MIN = 36 * MiB
 """From this size up, FAT32 with 512-byte clusters has enough clusters (65525) to be FAT32."""
 
 
-LABEL_MAX = {"ext2": 16, "ext3": 16, "ext4": 16, "xfs": 12, "vfat": 11, "efi": 11, "swap": 16}
-
-
 OPAQUE = "trusted.overlay.opaque"
 
 

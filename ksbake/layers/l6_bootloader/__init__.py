@@ -85,7 +85,7 @@ from ksbake.layers.l6_bootloader.grubcfg import _password_hash, grub_cfg, kernel
 from ksbake.layers.l6_bootloader.images import make_image
 from ksbake.layers.l6_bootloader.kernels import find_kernels, os_name
 from ksbake.run import run
-from ksbake.runner import Job
+from ksbake.runner import Job, located
 from ksbake.treefs import MergedTree
 
 FIRMWARES: dict[str, tuple[str, ...]] = {
@@ -208,8 +208,6 @@ def plan_target(
 
 def build(job: Job) -> dict[str, Any]:
     """The layer's build: bootable copies of the disks object's images in the staging dir."""
-    from ksbake.layers.l4_config import tree_layers
-
     disks_dir = job.parent_dir("disks")
     disks = json.loads((disks_dir / "result.json").read_text())
     for disk in disks["disks"]:
@@ -217,7 +215,24 @@ def build(job: Job) -> dict[str, Any]:
     plan = json.loads((disks_dir / "plan.json").read_text())
     config_key = json.loads((disks_dir / "meta.json").read_text())["parents"]["config"]
     config_dir = disks_dir.parent.parent / "config" / config_key
-    result = install(
+    try:
+        result = _install(job, disks, plan, config_dir)
+    except BuildError as exc:
+        if not exc.message.startswith("no kernel in the tree"):
+            raise
+        raise located(exc, job.inputs.get("where", {}).get("packages")) from None
+    for disk in result["disks"]:
+        disk["file"] = Path(disk["file"]).name  # relative: the staging dir is renamed
+    (job.stage / "result.json").write_text(json.dumps(result, indent=1, sort_keys=True))
+    return {"note": result.get("grub"), "seal": [d["file"] for d in result["disks"]]}
+
+
+def _install(
+    job: Job, disks: dict[str, Any], plan: dict[str, Any], config_dir: Path
+) -> dict[str, Any]:
+    from ksbake.layers.l4_config import tree_layers
+
+    return install(
         disks,
         plan,
         job.inputs["bootloader"],
@@ -226,10 +241,6 @@ def build(job: Job) -> dict[str, Any]:
         job.staging,
         job.key,
     )
-    for disk in result["disks"]:
-        disk["file"] = Path(disk["file"]).name  # relative: the staging dir is renamed
-    (job.stage / "result.json").write_text(json.dumps(result, indent=1, sort_keys=True))
-    return {"note": result.get("grub"), "seal": [d["file"] for d in result["disks"]]}
 
 
 def install(
