@@ -3,7 +3,6 @@ out/NAME/, boots of the published qcow2 and vmdk, and a libvirt domain on a real
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -17,16 +16,9 @@ from conftest import Workspace, copy_config, demo_kickstart, fails, ok
 from lxml import etree
 
 from ksbake import qemu
+from ksbake.hashing import sha256_file as sha256
 
 pytestmark = pytest.mark.slow
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def snapshot(out: Path) -> dict[str, tuple[int, str]]:

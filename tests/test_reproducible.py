@@ -10,13 +10,14 @@ so a tool version that differs between machines is not covered here (it is in ev
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 from conftest import PROJECT, Workspace, demo_kickstart, ok, shared_store
+
+from ksbake.hashing import sha256_file as digest
 
 pytestmark = pytest.mark.slow
 
@@ -37,14 +38,6 @@ APPLIANCES = {
     "wui.toml": MIRRORS,
 }
 NAMES = ("demo", "uefi", "wui")
-
-
-def digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def build_in_a_store_of_its_own(root: Path, out: Path) -> dict[str, dict[str, str]]:

@@ -7,7 +7,6 @@ size and mtime kept, so only the digests in the manifest can tell.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from conftest import Workspace, demo_kickstart, ok, shared_store
+
+from ksbake.hashing import sha256_file as sha256
 
 pytestmark = pytest.mark.slow
 
@@ -47,10 +48,6 @@ def damage(path: Path, offset: int, data: bytes = b"\xde\xad\xbe\xef") -> None:
         f.seek(offset)
         f.write(data)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def published(ws: Workspace) -> dict[str, str]:
