@@ -4,8 +4,10 @@ Every layer's key is ``layer_key(name, version, {keyed inputs, discovered, tools
 (``ksbake.runner``); its inputs come from the function named in ``inputs`` (written by the
 kickstart layer to ``build/NAME/inputs/<layer>.json``, so reformatting the kickstart or editing
 another layer's section changes nothing here), from build files (``reads``), from what the
-build ``discover``s at run time, and the parents' keys. The modules beside this file hold the
-build functions; this file imports none of them (a no-op doit run stays fast).
+build ``discover``s at run time, and the parents' keys. What a build reads but does not key
+(file:line for its messages, workspace paths, bounds) comes from its ``unkeyed`` function, in a
+file doit does not track (``inputs/<layer>.unkeyed.json``). The modules beside this file hold
+the build functions; this file imports none of them (a no-op doit run stays fast).
 
 Adding a layer: one ``Layer(...)`` below, one ``build(job) -> meta`` function in its module.
 """
