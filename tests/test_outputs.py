@@ -164,9 +164,9 @@ def test_failed_build_leaves_published_appliance_intact(demo: Workspace) -> None
     ok(demo.doit("appliance:demo"))
     out = demo.root / "out" / "demo"
     before = snapshot(out)
-    # fails at the descriptor layer, after a successful conversion
-    demo.write("demo.toml", 'formats = ["qcow2"]\nova = true\n')
-    fails(demo, "ova = true needs streamOptimized vmdk disks")
+    # fails in the middle of the chain (settings that cannot work fail at load now)
+    demo.write("demo.ks", demo_kickstart() + "\n%post --erroronfail\nexit 3\n%end\n")
+    fails(demo, "failed with exit code 3")
     assert snapshot(out) == before
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".demo.")]
 
