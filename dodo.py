@@ -4,7 +4,6 @@ Thin on purpose: configuration, then the task creators from tasks/.
 """
 
 from ksbake.report import run_id
-from ksbake.run import setup_logging
 from tasks.appliance import task_appliance  # noqa: F401
 from tasks.boottest import task_boottest  # noqa: F401
 from tasks.common import PATHS, XxhashChecker, interrupt_in_one_line
@@ -14,7 +13,6 @@ from tasks.repo import task_repo  # noqa: F401
 from tasks.verify import task_verify  # noqa: F401
 
 globals().update(creators())  # task_kickstart ... task_publish, one per layer of the chain
-setup_logging()
 interrupt_in_one_line()
 PATHS.cache.mkdir(parents=True, exist_ok=True)
 run_id()  # one id for this doit run, inherited by its worker processes (summary: "cached")

@@ -8,11 +8,12 @@ import time
 from pathlib import Path
 
 from ksbake.paths import Paths
-from ksbake.run import probe
 
 
 def tree_size(path: Path) -> int:
     """Bytes used on disk (sparse-aware), measured once when an object is built."""
+    from ksbake.run import probe  # not at doit's start: a no-op run needs none of run.py
+
     out = probe(["du", "-s", "--block-size=1", path])
     return int(out.stdout.split()[0]) if out.returncode == 0 and out.stdout else 0
 

@@ -74,6 +74,9 @@ def action(step: str, *args: Any) -> Callable[[], Any]:
     pay for importing pykickstart, dnf, lxml and friends."""
 
     def run() -> Any:
+        from ksbake.run import setup_logging  # once, when a step runs (not for a no-op)
+
+        setup_logging()
         module, _, name = step.partition(":")
         try:
             getattr(importlib.import_module(module), name)(*args)
