@@ -213,14 +213,14 @@ def obtain(
     from ksbake.store import Store
 
     discovered: dict[str, Any] = {}
-    probe = Job(spec.name, "", inputs, parents, "", _paths_dict(paths))
+    before_key = Job(spec.name, "", inputs, parents, "", _paths_dict(paths))  # no key yet
     if spec.discover is not None:
-        discovered = function(spec.discover)(probe)
+        discovered = function(spec.discover)(before_key)
     key = key_of(spec, keyed, discovered, parent_keys)
 
     def build(staging: Path) -> dict[str, Any]:
         verify_inputs(Store(paths.store), spec, parents)
-        job = Job(spec.name, key, inputs, parents, str(staging), probe.paths, discovered)
+        job = Job(spec.name, key, inputs, parents, str(staging), before_key.paths, discovered)
         if spec.isolation == IN_PROCESS or spec.discover is not None:
             # a layer with ``discover`` runs wholly in its worker (the caller): one dnf start
             meta = function(spec.build or "")(job)
