@@ -241,6 +241,11 @@ def obtain(
     return Outcome(key, obtained.built, {**obtained.meta, "discovered": discovered})
 
 
+_VERIFIED: set[tuple[str, str]] = set()
+"""Objects this process has verified: the formats of one convert step read one bootloader
+object, which is hashed once, not once per format."""
+
+
 def verify_inputs(store: Store, spec: Layer, parents: dict[str, Any]) -> None:
     """Before building from them: the objects the build reads (``parents`` and ``checks``)
     still match their manifests. A corrupt one is removed, so the next run rebuilds it; its
@@ -256,7 +261,8 @@ def verify_inputs(store: Store, spec: Layer, parents: dict[str, Any]) -> None:
         if (layer_name, key) in seen:
             continue
         seen.add((layer_name, key))
-        if layer_name in spec.parents or layer_name in spec.checks:
+        wanted = layer_name in spec.parents or layer_name in spec.checks
+        if wanted and (layer_name, key) not in _VERIFIED:
             problems = store.verify(layer_name, key)
             if problems:
                 store.evict(layer_name, key)
@@ -265,6 +271,7 @@ def verify_inputs(store: Store, spec: Layer, parents: dict[str, Any]) -> None:
                     f"({'; '.join(problems[:3])}): removed it",
                     hint="run the build again: it rebuilds what was removed",
                 )
+            _VERIFIED.add((layer_name, key))
         meta = store.read_meta(layer_name, key)
         for parent, value in (meta.get("parents") or {}).items():
             keys = value.values() if isinstance(value, dict) else [value]

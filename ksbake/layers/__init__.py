@@ -53,13 +53,9 @@ def packages_line(src: Source) -> str:
     return str(src.ks.path)
 
 
-def lock_unkeyed(src: Source) -> dict[str, Any]:
-    """``where``: the %packages line, for what the depsolve finds wrong with it."""
-    return {"where": {"packages": packages_line(src)}}
-
-
-def bootloader_unkeyed(src: Source) -> dict[str, Any]:
-    """``where``: the %packages line (a tree without a kernel is its doing)."""
+def packages_unkeyed(src: Source) -> dict[str, Any]:
+    """``where``: the %packages line, for what the lock finds wrong with it, and for a tree
+    without a kernel (the bootloader layer)."""
     return {"where": {"packages": packages_line(src)}}
 
 
@@ -162,7 +158,7 @@ CHAIN: tuple[Layer, ...] = (
         version=2,
         doc="resolve the package set",
         inputs=lock_inputs,
-        unkeyed=lock_unkeyed,
+        unkeyed=packages_unkeyed,
         tools=("dnf", "hawkey"),
         discover=L + "l2_lock:metadata",  # repo metadata checksums: a nightly re-lock
         build=L + "l2_lock:resolve",
@@ -219,7 +215,7 @@ CHAIN: tuple[Layer, ...] = (
         version=3,
         doc="bootable disks (GRUB for BIOS and/or UEFI)",
         inputs=bootloader_inputs,
-        unkeyed=bootloader_unkeyed,
+        unkeyed=packages_unkeyed,
         parents=("disks",),
         checks=("config", "packages"),  # reads the tree's kernels and GRUB modules
         tools=("grub-mkimage",),

@@ -679,11 +679,6 @@ def build(job: Job) -> dict[str, Any]:
                 order = ovf_references(ovf.read_bytes())  # disks go in References order
                 links = [Path(tmp) / f for f in order if f != mf.name]
                 write_ova(ovf, links, mf, staging / f"{name}.ova")
-    elif inputs["ova"]:
-        raise ConfigError(
-            f"ova = true needs streamOptimized vmdk disks (formats of {name})",
-            hint='add "vmdk" to formats and keep vmdk_subformat = "streamOptimized"',
-        )
     files = {p.name: sha256_file(p) for p in staging.iterdir() if p.is_file()}
     (staging / "result.json").write_text(json.dumps(files, indent=1, sort_keys=True))
     return {"files": sorted(files), "seal": sorted(files)}
