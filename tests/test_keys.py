@@ -37,7 +37,7 @@ def source(configs: Path, name: str = "demo", out_dir: str = "/srv/out/demo") ->
     """The Source the kickstart step builds (``ksbake.layers.l1_kickstart.step``)."""
     conf = settings.load(name, configs, environ={})  # no KSBAKE_MIRRORS/KSBAKE_ACCEL here
     ks = kickstart.load(configs / f"{name}.ks", version=conf.syntax, compat=conf.compat)
-    plan, _ = partitions.plan_with_warnings(ks, conf.disk_sizes)
+    plan, _ = partitions.plan_with_warnings(ks, conf.disk_sizes, conf.memory, conf.firmware)
     return Source(ks, conf, plan, out_dir)
 
 

@@ -692,7 +692,7 @@ def test_duplicate_in_an_include_is_located_in_its_file(tmp_path: Path) -> None:
 def test_no_root_partition_is_an_error_with_a_hint(tmp_path: Path) -> None:
     err = _error(tmp_path, "part /boot --size=100\npart /data --size=100\n")
     assert str(err).startswith(_where(tmp_path, 1))
-    assert "no part line mounts /" in str(err) and "part / --size=" in str(err)
+    assert "no part, logvol or btrfs line mounts /" in str(err) and "part / --size=" in str(err)
 
 
 def test_no_part_lines_at_all_is_an_error(tmp_path: Path) -> None:
@@ -726,7 +726,7 @@ SUPPORTED = ", ".join(FSTYPES)  # the error lists every type the disks layer can
     ("line", "words"),
     [
         ("part /data --size=10 --fstype=ntfs", "--fstype=ntfs is not supported"),
-        ("part /data --size=10 --fstype=btrfs", "--fstype=btrfs is not supported"),
+        ("part /data --size=10 --fstype=zfs", "--fstype=zfs is not supported"),
         ("part /boot/efi --size=10 --fstype=FAT32", "write --fstype=vfat"),
         ("part prepboot --size=4 --fstype=prepboot", "PReP"),
         ("part prepboot --size=4", "PReP"),
@@ -776,20 +776,58 @@ def test_clearpart_and_zerombr_options_are_accepted(tmp_path: Path) -> None:
 
 UNSUPPORTED = [
     pytest.param(
-        "part /boot --size=500\npart pv.01 --size=1000 --grow\n"
-        "volgroup vg pv.01\nlogvol / --vgname=vg --name=root --size=4096 --fstype=xfs\n",
-        2,
-        "LVM",
-        "part / --size=4096 --fstype=xfs",
-        id="lvm",
+        "part pv.01 --size=1000\nvolgroup vg pv.01\n"
+        "logvol none --vgname=vg --name=pool --size=500 --thinpool\n"
+        "logvol / --vgname=vg --name=root --size=400 --thin --poolname=pool\n",
+        3,
+        "thin provisioning is not supported",
+        "drop --thinpool/--thin",
+        id="thinpool",
     ),
     pytest.param(
         "part /boot --size=500\nvolgroup vg --useexisting\n"
         "logvol / --vgname=vg --name=root --useexisting\n",
         2,
-        "needs device-mapper",
-        "replace them with plain part lines",
-        id="volgroup",
+        "no existing volume group",
+        "drop the option",
+        id="volgroup-useexisting",
+    ),
+    pytest.param(
+        "part / --size=100\nlogvol /home --vgname=nosuch --name=h --size=10\n",
+        2,
+        "no such volume group",
+        "add a volgroup line",
+        id="logvol-unknown-vg",
+    ),
+    pytest.param(
+        "part btrfs.01 --size=1000\npart btrfs.02 --size=1000\n"
+        "btrfs / --data=raid1 btrfs.01 btrfs.02\n",
+        3,
+        "multi-device btrfs is not supported",
+        "one member partition",
+        id="btrfs-multi-device",
+    ),
+    pytest.param(
+        "part btrfs.01 --size=1000\nbtrfs none --label=x btrfs.01\n"
+        "btrfs / --subvol --name=root x\nbtrfs /srv --subvol --name=root x\n",
+        4,
+        "two btrfs subvolumes are named root",
+        "its own --name",
+        id="btrfs-duplicate-subvolume",
+    ),
+    pytest.param(
+        "autopart --type=thinp\n",
+        1,
+        "autopart --type=thinp is not supported",
+        "--type=lvm",
+        id="autopart-thinp",
+    ),
+    pytest.param(
+        "autopart --encrypted --passphrase=secret\n",
+        1,
+        "autopart --encrypted",
+        "drop --encrypted",
+        id="autopart-encrypted",
     ),
     pytest.param(
         "part raid.01 --size=100\npart raid.02 --size=100 --ondisk=sdb\n"
@@ -798,35 +836,6 @@ UNSUPPORTED = [
         "software RAID",
         "part / --size=N --fstype=xfs",
         id="raid",
-    ),
-    pytest.param(
-        "part btrfs.01 --size=1000\nbtrfs none --data=single btrfs.01\n"
-        "btrfs / --subvol --name=root LABEL=x\n",
-        1,
-        "btrfs volumes",
-        "part / --size=4096 --grow --fstype=ext4",
-        id="btrfs",
-    ),
-    pytest.param(
-        "zerombr\nautopart --type=plain --noswap\n",
-        2,
-        "autopart",
-        "part /boot --size=1024 --fstype=ext4; part / --size=4096 --grow --fstype=ext4",
-        id="autopart",
-    ),
-    pytest.param(
-        "autopart --type=plain --fstype=xfs --noboot\n",
-        1,
-        "autopart",
-        "e.g. part / --size=4096 --grow --fstype=xfs; part swap --size=1024",
-        id="autopart-options",
-    ),
-    pytest.param(
-        "reqpart --add-boot\npart / --size=100\n",
-        1,
-        "reqpart",
-        "part biosboot --fstype=biosboot --size=1",
-        id="reqpart",
     ),
     pytest.param(
         "part / --size=100\nignoredisk --drives=sdb\n",
@@ -870,13 +879,6 @@ UNSUPPORTED = [
         "part / --size=100 --noformat\n", 1, "--noformat", "drop --noformat", id="noformat"
     ),
     pytest.param(
-        "part / --size=100\npart pv.01 --size=100\n",
-        2,
-        "LVM",
-        "plain part lines",
-        id="pv-mountpoint",
-    ),
-    pytest.param(
         "part / --size=100\npart raid.11 --size=100\n",
         2,
         "software RAID",
@@ -889,20 +891,6 @@ UNSUPPORTED = [
         "--onbiosdisk",
         "use --ondisk=DISK",
         id="onbiosdisk",
-    ),
-    pytest.param(
-        "part / --size=10\npart swap --recommended\n",
-        2,
-        "--recommended",
-        "--size=MiB",
-        id="recommended",
-    ),
-    pytest.param(
-        "part / --size=10\npart swap --hibernation\n",
-        2,
-        "--hibernation",
-        "--size=MiB",
-        id="hibernation",
     ),
 ]
 
@@ -937,10 +925,10 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
     err = _error(
         tmp_path,
         "part / --size=10\nlogvol /home --vgname=vg --name=h --size=10\n"
-        "volgroup vg pv.01\npart pv.01 --size=100\n",
+        "volgroup vg pv.01\npart pv.01 --size=10\n",
     )
     assert "\n" not in str(err)
-    assert re.match(rf"{re.escape(_where(tmp_path, 2))}LVM", str(err))
+    assert re.match(rf"{re.escape(_where(tmp_path, 3))}volume group vg is too small", str(err))
 
 
 def test_ignoredisk_only_use_is_accepted_with_a_warning(tmp_path: Path) -> None:

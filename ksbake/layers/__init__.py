@@ -61,8 +61,12 @@ def packages_unkeyed(src: Source) -> dict[str, Any]:
 
 def disks_unkeyed(src: Source) -> dict[str, Any]:
     """``where``: each mount point's part line (for a filesystem its tree does not fit)."""
-    parts = src.ks.handler.partition.partitions
-    return {"where": {p.mountpoint: str(src.ks.line_of(p)) for p in parts if p.mountpoint}}
+    h = src.ks.handler
+    lines = [*h.partition.partitions]
+    for command, attr in (("logvol", "lvList"), ("btrfs", "btrfsList")):
+        lines += getattr(h.commands.get(command), attr, None) or []
+    where = {str(x.mountpoint): str(src.ks.line_of(x)) for x in lines if x.mountpoint}
+    return {"where": where}
 
 
 def config_unkeyed(src: Source) -> dict[str, Any]:
@@ -72,7 +76,6 @@ def config_unkeyed(src: Source) -> dict[str, Any]:
     from pykickstart.constants import KS_SCRIPT_POST
 
     posts = [x for x in src.ks.handler.scripts if x.type == KS_SCRIPT_POST]
-    mounted = [p.size for d in src.plan.disks for p in d.partitions if p.mountpoint]
     keys = getattr(getattr(src.ks.handler, "sshkey", None), "sshUserList", [])
     return {
         "ks_dir": str(src.ks.path.parent),
@@ -80,7 +83,7 @@ def config_unkeyed(src: Source) -> dict[str, Any]:
             "post": [str(src.ks.line_of(x)) for x in posts],
             "sshkey": {k.username: str(src.ks.line_of(k)) for k in keys},
         },
-        "write_limit": max(sum(mounted), 64 * 2**20),
+        "write_limit": max(src.plan.filesystem_bytes(), 64 * 2**20),
     }
 
 

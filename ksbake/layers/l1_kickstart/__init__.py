@@ -63,7 +63,9 @@ def step(paths: Paths, name: str) -> None:
     system.check(ks)
     checks.check_sources(ks, conf, paths.settings(name))
     with _setting(paths, name, "disk_sizes"):
-        plan, plan_warnings = partitions.plan_with_warnings(ks, conf.disk_sizes)
+        plan, plan_warnings = partitions.plan_with_warnings(
+            ks, conf.disk_sizes, conf.memory, conf.firmware
+        )
     checks.check_layout(ks, plan)
     for warning in plan_warnings:
         log.warning("%s", warning)

@@ -66,6 +66,7 @@ MSDOS_MAX_PRIMARY = 4
 GROW_MIN_MIB = 1
 MAX_DISK_MIB = 16 * 2**20  # 16 TiB: the largest file ext4 (with 4 KiB blocks) can hold
 BIOSBOOT_DEFAULT_MIB = 1
+DEFAULT_MEMORY_MIB = 512
 
 LEAD_MIB = 1
 """Space before the first partition (the MBR or the GPT header and table, then alignment)."""
@@ -98,23 +99,37 @@ class _Request:
     mkfsoptions: str | None
     fsprofile: str | None
     logical: bool = False
+    placed_at: int = 0  # its index on the disk once placed
+    member: str | None = None  # pv.N or btrfs.N: a member of a volume group or btrfs volume
+    vg: str | None = None  # lvmpv: its volume group
 
 
-def plan(ks: Kickstart, disk_sizes: dict[str, int] | None = None) -> Plan:
-    """The disk layout of ``ks``; ``disk_sizes`` (disk name -> bytes) fixes disk sizes.
+def plan(
+    ks: Kickstart,
+    disk_sizes: dict[str, int] | None = None,
+    memory_mib: int = DEFAULT_MEMORY_MIB,
+    firmware: str = "bios",
+) -> Plan:
+    """The disk layout of ``ks``; ``disk_sizes`` (disk name -> bytes) fixes disk sizes,
+    ``memory_mib`` sizes recommended swap, ``firmware`` decides what reqpart/autopart add.
 
     Raises KickstartError (file:line) for a layout an image cannot have, ConfigError for a
     disk size that does not fit the settings' rules. Warnings are dropped: use
     ``plan_with_warnings`` to show them.
     """
-    return plan_with_warnings(ks, disk_sizes)[0]
+    return plan_with_warnings(ks, disk_sizes, memory_mib, firmware)[0]
 
 
 def plan_with_warnings(
-    ks: Kickstart, disk_sizes: dict[str, int] | None = None
+    ks: Kickstart,
+    disk_sizes: dict[str, int] | None = None,
+    memory_mib: int = DEFAULT_MEMORY_MIB,
+    firmware: str = "bios",
 ) -> tuple[Plan, list[str]]:
     """``plan`` plus its warnings, each "file:line: message" (a duplicate mount point, a
     biosboot partition dropped on msdos, an option that does not apply)."""
+    from ksbake.layers.l1_kickstart import autopart, volumes
+
     handler = ks.handler
     warnings: list[str] = []
     problems = _unsupported_commands(ks, warnings)
@@ -126,17 +141,21 @@ def plan_with_warnings(
     requests: list[_Request] = []
     for pd in datas:
         try:
-            requests.append(_request(ks, pd, default_disk, warnings))
+            requests.append(_request(ks, pd, default_disk, warnings, memory_mib))
         except KickstartError as err:
             problems.append((pd.lineno, err))
     if problems:
         raise min(problems, key=lambda p: p[0])[1]
+    generated = autopart.requests(ks, label, firmware, memory_mib, disk_sizes, warnings)
+    if generated is not None:
+        label = generated.label
+        requests += generated.parts
     if not requests:
         raise KickstartError(
             str(ks.path),
             None,
             "no part lines: an image needs its partitions spelled out",
-            f"add e.g. {_EXAMPLE_PARTS}",
+            f"add e.g. {_EXAMPLE_PARTS}, or autopart",
         )
 
     requests = _last_mount_wins(ks, requests, warnings)
@@ -147,22 +166,98 @@ def plan_with_warnings(
                 "dropped on this msdos disk (use clearpart --disklabel=gpt to keep it)"
             )
             requests.remove(r)
-    if not any(r.mountpoint == "/" for r in requests):
-        raise ks.error(
-            min(requests, key=lambda r: r.lineno).where,
-            "no part line mounts / (the root filesystem)",
-            "add e.g. 'part / --size=4096 --grow --fstype=ext4'",
-        )
+
+    members = {r.member: r for r in requests if r.member}
+    pvs = {m: r.where for m, r in members.items() if r.fstype == "lvmpv"}
+    vgs = (
+        generated.vgs
+        if generated is not None and generated.vgs
+        else volumes.volume_groups(ks, pvs, memory_mib, warnings)
+    )
+    for vg in vgs:
+        for m in vg.members:
+            members[m].vg = vg.name
+    btrfs_members = {m: r.where for m, r in members.items() if r.fstype == "btrfs"}
+    vols = (
+        generated.btrfs
+        if generated is not None and generated.btrfs
+        else volumes.btrfs_volumes(ks, btrfs_members, warnings)
+    )
+    for vol in vols:
+        r = members[vol.member]
+        r.mountpoint, r.label, r.mkfsoptions = vol.mountpoint, vol.label, vol.mkfsoptions
+    _check_mounts(ks, requests, vgs, vols)
 
     by_disk: dict[str, list[_Request]] = {}
     for r in requests:
         by_disk.setdefault(r.disk, []).append(r)
     sizes = _disk_sizes(disk_sizes, by_disk)
+    if generated is not None and generated.disk_mib:
+        sizes.setdefault(*generated.disk_mib)
+    for vg in vgs:  # a disk without a size: grow PVs just enough for the group
+        _fit_pvs(vg, [members[m] for m in vg.members], sizes)
     disks = [
         _layout(ks, name, label, by_disk[name], sizes.get(name))
         for name in sorted(by_disk, key=lambda n: (len(n), n))
     ]
-    return Plan(disks=tuple(disks)), warnings
+    placed = {
+        r.member: (d.name, p.number, p.size)
+        for d in disks
+        for r, p in zip(_ordered(by_disk[d.name], d), d.partitions, strict=True)
+        if r.member
+    }
+    vg_plans = [volumes.allocate(ks, vg, [placed[m] for m in vg.members]) for vg in vgs]
+    btrfs_plans = [
+        volumes.btrfs_plan(vol, *placed[vol.member][:2]) for vol in vols if vol.subvolumes
+    ]
+    return Plan(
+        disks=tuple(disks), volume_groups=tuple(vg_plans), btrfs=tuple(btrfs_plans)
+    ), warnings
+
+
+def _ordered(requests: list[_Request], disk: DiskPlan) -> list[_Request]:
+    """The requests of a placed disk in its partitions' order (``_layout`` reorders)."""
+    return sorted(requests, key=lambda r: r.placed_at)
+
+
+def _fit_pvs(vg: Any, pvs: list[_Request], fixed: dict[str, int]) -> None:
+    """On disks without a size, grow the group's --grow PVs so that its volumes fit."""
+    from ksbake.layers.l1_kickstart.volumes import PE_START
+
+    growable = [r for r in pvs if r.grow and r.disk not in fixed]
+    if not growable:
+        return
+    have = sum(max(0, r.size * MiB - PE_START) // vg.pesize for r in pvs)
+    short = vg.base_extents() - have
+    if short > 0:
+        growable[0].size += short * vg.pesize // MiB
+
+
+def _lineno(where: Any) -> int:
+    return where if isinstance(where, int) else getattr(where, "lineno", 0) or 0
+
+
+def _check_mounts(ks: Kickstart, requests: list[_Request], vgs: list[Any], vols: list[Any]) -> None:
+    """One mount point, one filesystem (partitions, volumes, subvolumes); / must exist."""
+    seen: dict[str, Any] = {}
+    owners = [(r.mountpoint, r.where) for r in requests if r.mountpoint]
+    owners += [(lv.mountpoint, lv.where) for vg in vgs for lv in vg.lvs if lv.mountpoint]
+    owners += [(m, line) for vol in vols for line, _, m in vol.subvolumes]
+    for mp, where in sorted(owners, key=lambda o: _lineno(o[1])):
+        if mp in seen:
+            raise ks.error(
+                where,
+                f"mount point {mp} is also used at {ks.line_of(seen[mp])}",
+                "mount each filesystem, volume or subvolume at its own place",
+            )
+        seen[mp] = where
+    if "/" not in seen:
+        first = min((r.where for r in requests), key=_lineno)
+        raise ks.error(
+            first,
+            "no part, logvol or btrfs line mounts / (the root filesystem)",
+            "add e.g. 'part / --size=4096 --grow --fstype=ext4'",
+        )
 
 
 def extended_partition(disk: DiskPlan) -> tuple[int, int] | None:
@@ -188,27 +283,6 @@ def _unsupported_commands(ks: Kickstart, warnings: list[str]) -> list[tuple[int,
     def add(lineno: int, message: str, hint: str) -> None:
         found.append((lineno, ks.error(lineno, message, hint)))
 
-    auto = _command(h, "autopart")
-    if auto is not None and getattr(auto, "autopart", False):
-        add(
-            auto.lineno,
-            "autopart lets the installer choose partitions from the machine's "
-            "disks; an image needs them written out",
-            f"write explicit part lines instead, e.g. {_autopart_example(auto)}",
-        )
-    req = _command(h, "reqpart")
-    if req is not None and getattr(req, "reqpart", False):
-        boot = (
-            "; and part /boot --size=1024 --fstype=ext4" if getattr(req, "addBoot", False) else ""
-        )
-        add(
-            req.lineno,
-            "reqpart adds the partitions the installing machine's firmware needs; "
-            "an image does not know its machine",
-            "add the platform partitions explicitly: for BIOS boot from a GPT disk "
-            "'part biosboot --fstype=biosboot --size=1' with 'clearpart --disklabel=gpt', "
-            f"for UEFI 'part /boot/efi --fstype=efi --size=600'{boot}",
-        )
     ign = _command(h, "ignoredisk")
     if ign is not None and ign.seen and getattr(ign, "onlyuse", None) and not ign.ignoredisk:
         # --only-use=vda: "install onto these disks only" — what an image build does anyway
@@ -232,15 +306,6 @@ def _unsupported_commands(ks: Kickstart, warnings: list[str]) -> list[tuple[int,
             f"write part lines instead, e.g. {_EXAMPLE_PARTS}",
         )
 
-    lvm = [*_datas(h, "volgroup", "vgList"), *_datas(h, "logvol", "lvList")]
-    lvm += [pd for pd in h.partition.partitions if str(pd.mountpoint).startswith("pv.")]
-    if lvm:
-        add(
-            min(d.lineno for d in lvm),
-            "LVM (part pv.NN, volgroup, logvol) needs "
-            "device-mapper, which an image build does not use",
-            f"replace them with plain part lines, e.g. {_lvm_example(h)}",
-        )
     raid = [*_datas(h, "raid", "raidList")]
     raid += [pd for pd in h.partition.partitions if str(pd.mountpoint).startswith("raid.")]
     if raid:
@@ -249,14 +314,6 @@ def _unsupported_commands(ks: Kickstart, warnings: list[str]) -> list[tuple[int,
             "software RAID (raid, part raid.NN) is not supported in an image: its disks are "
             "files, and redundancy belongs to the host",
             f"replace them with plain part lines, e.g. {_raid_example(h)}",
-        )
-    btrfs = [*_datas(h, "btrfs", "btrfsList")]
-    btrfs += [pd for pd in h.partition.partitions if str(pd.mountpoint).startswith("btrfs.")]
-    if btrfs:
-        add(
-            min(d.lineno for d in btrfs),
-            "btrfs volumes and subvolumes (btrfs, part btrfs.NN) are not supported",
-            f"write plain part lines instead, e.g. {_EXAMPLE_PARTS}",
         )
     return found
 
@@ -269,34 +326,6 @@ def _command(handler: Any, name: str) -> Any | None:
 def _datas(handler: Any, command: str, attr: str) -> list[Any]:
     cmd = _command(handler, command)
     return list(getattr(cmd, attr, None) or []) if cmd is not None else []
-
-
-def _autopart_example(auto: Any) -> str:
-    """The explicit part lines that stand for this autopart line."""
-    fstype = getattr(auto, "fstype", "") or DEFAULT_FSTYPE
-    lines = [] if getattr(auto, "noboot", False) else [f"part /boot --size=1024 --fstype={fstype}"]
-    lines.append(f"part / --size=4096 --grow --fstype={fstype}")
-    if not getattr(auto, "noswap", False):
-        lines.append("part swap --size=1024")
-    return "; ".join(lines)
-
-
-def _lvm_example(handler: Any) -> str:
-    """Part lines equivalent to the logical volumes (so the user can paste them)."""
-    lines = []
-    for lv in _datas(handler, "logvol", "lvList"):
-        mnt = lv.mountpoint
-        if not mnt or mnt.lower() == "none":
-            continue
-        line = f"part {mnt} --size={lv.size or 1024}"
-        if lv.grow or not lv.size:
-            line += " --grow"
-        if lv.grow and getattr(lv, "maxSizeMB", 0):
-            line += f" --maxsize={lv.maxSizeMB}"
-        if lv.fstype and mnt != "swap":
-            line += f" --fstype={lv.fstype}"
-        lines.append(line)
-    return "; ".join(lines) or _EXAMPLE_PARTS
 
 
 def _raid_example(handler: Any) -> str:
@@ -334,7 +363,9 @@ def _disklabel(ks: Kickstart, problems: list[tuple[int, KickstartError]]) -> str
 # --- one part line ---------------------------------------------------------------------
 
 
-def _request(ks: Kickstart, pd: Any, default_disk: str, warnings: list[str]) -> _Request:
+def _request(
+    ks: Kickstart, pd: Any, default_disk: str, warnings: list[str], memory_mib: int
+) -> _Request:
     """Validate one part line and turn it into a request on its disk."""
 
     def fail(message: str, hint: str) -> KickstartError:
@@ -374,12 +405,9 @@ def _request(ks: Kickstart, pd: Any, default_disk: str, warnings: list[str]) -> 
             "part --onbiosdisk names a disk by the installing machine's BIOS order",
             "use --ondisk=DISK (e.g. --ondisk=sda)",
         )
-    if getattr(pd, "recommended", False) or getattr(pd, "hibernation", False):
-        option = "--recommended" if getattr(pd, "recommended", False) else "--hibernation"
-        raise fail(
-            f"part {option} sizes the partition from the installing machine's RAM",
-            "give the size with --size=MiB",
-        )
+    recommended = getattr(pd, "recommended", False) or getattr(pd, "hibernation", False)
+    if recommended and str(pd.mountpoint) != "swap":
+        raise fail("part --recommended/--hibernation is for swap", "give --size=MiB")
     if getattr(pd, "start", 0) or getattr(pd, "end", 0):
         raise fail(
             "part --start/--end (cylinders) are not supported",
@@ -391,6 +419,10 @@ def _request(ks: Kickstart, pd: Any, default_disk: str, warnings: list[str]) -> 
 
     grow = bool(pd.grow)
     size = pd.size
+    if recommended:  # anaconda's suggestion, from the appliance's memory setting
+        from ksbake.layers.l1_kickstart.volumes import swap_suggestion
+
+        size = swap_suggestion(memory_mib, getattr(pd, "hibernation", False))
     if size is None:
         if fstype == "biosboot":
             size = BIOSBOOT_DEFAULT_MIB
@@ -425,11 +457,11 @@ def _request(ks: Kickstart, pd: Any, default_disk: str, warnings: list[str]) -> 
             f"{ks.line_of(pd)}: --fsprofile only applies to ext2/3/4; ignored for {fstype}"
         )
         extras["fsprofile"] = None
-    if fstype == "biosboot":
+    if fstype == "biosboot" or fstype == "lvmpv":
         given = [k for k, v in extras.items() if v]
         if given:
             warnings.append(
-                f"{ks.line_of(pd)}: a biosboot partition has no filesystem; "
+                f"{ks.line_of(pd)}: a {fstype} partition has no filesystem; "
                 f"{', '.join(given)} ignored"
             )
         extras = dict.fromkeys(extras)
@@ -443,6 +475,7 @@ def _request(ks: Kickstart, pd: Any, default_disk: str, warnings: list[str]) -> 
         grow=grow,
         maxsize=maxsize,
         asprimary=bool(getattr(pd, "primOnly", False)),
+        member=raw_mount if mountpoint is None and fstype in ("lvmpv", "btrfs") else None,
         **extras,
     )
 
@@ -455,6 +488,16 @@ def _mount_and_fstype(pd: Any, fail: Any) -> tuple[str | None, str]:
     if fstype and fstype not in FSTYPES:
         hint = "write --fstype=vfat" if fstype in _FAT_NAMES else f"supported: {SUPPORTED}"
         raise fail(f"--fstype={given} is not supported; supported: {SUPPORTED}", hint)
+    if raw.startswith(("pv.", "btrfs.")):
+        kind = "lvmpv" if raw.startswith("pv.") else "btrfs"
+        if fstype not in ("", kind):
+            raise fail(f"part {raw} with --fstype={given}", f"drop --fstype from a {kind} member")
+        return None, kind
+    if fstype == "lvmpv":
+        raise fail(
+            f"part {raw} --fstype=lvmpv: a physical volume is not mounted",
+            "write 'part pv.01 --size=MiB' and use pv.01 in a volgroup line",
+        )
     if raw == "swap":
         if fstype not in ("", "swap"):
             raise fail(f"part swap with --fstype={given}", "drop --fstype or write --fstype=swap")
@@ -606,7 +649,8 @@ def _layout(
 
     partitions = []
     offset = LEAD_MIB
-    for r, number, size in zip(ordered, numbers, sizes, strict=True):
+    for i, (r, number, size) in enumerate(zip(ordered, numbers, sizes, strict=True)):
+        r.placed_at = i
         if r.logical:
             offset += EBR_MIB
         partitions.append(
@@ -621,6 +665,7 @@ def _layout(
                 mkfsoptions=r.mkfsoptions,
                 fsprofile=r.fsprofile,
                 logical=r.logical,
+                vg=r.vg,
             )
         )
         offset += size

@@ -49,12 +49,15 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ksbake.errors import BuildError
+from ksbake.layers.l5_disks.btrfs import _populate_btrfs, _prepare_btrfs
 from ksbake.layers.l5_disks.ext import _forbid, _populate_ext, _prepare_ext, _split_opts
 from ksbake.layers.l5_disks.fat import _populate_fat, _prepare_fat
+from ksbake.layers.l5_disks.lvm import write_volume_group
 from ksbake.layers.l5_disks.model import (
     ESTIMATE_SLACK,
     EXT,
@@ -79,7 +82,7 @@ from ksbake.layers.l5_disks.split import (
 )
 from ksbake.layers.l5_disks.table import _assign_ids, write_table
 from ksbake.layers.l5_disks.xfs import _populate_xfs, _prepare_xfs
-from ksbake.layout import FSTYPES, LABEL_MAX, SECTOR, DiskPlan, Plan
+from ksbake.layout import FSTYPES, LABEL_MAX, SECTOR, DiskPlan, PartitionPlan, Plan
 from ksbake.run import run
 from ksbake.runner import Job, located
 
@@ -120,10 +123,12 @@ def make_disks(plan: dict[str, Any], layers: list[str], out_dir: str, seed: str)
     out.mkdir(parents=True, exist_ok=True)
     filesystems: list[Fs] = []
     disks_out: list[dict[str, Any]] = []
+    images: dict[str, Path] = {}
     for disk in the_plan.disks:
         image = out / f"{disk.name}.raw"
         with open(image, "wb") as f:
             f.truncate(disk.size)
+        images[disk.name] = image
         fss = [Fs(disk, p, image) for p in disk.partitions]
         for fs in fss:
             _assign_ids(fs, ids)
@@ -131,8 +136,10 @@ def make_disks(plan: dict[str, Any], layers: list[str], out_dir: str, seed: str)
         filesystems.extend(fss)
         disks_out.append({"disk": disk, "table": table, "fss": fss})
 
-    fstab = fstab_text(the_plan, filesystems)
     scratch = Path(tempfile.mkdtemp(prefix=".ksbake-disks-", dir=out))
+    filesystems += logical_volumes(the_plan, images, ids, scratch)
+    filesystems += subvolumes(the_plan, filesystems)
+    fstab = fstab_text(filesystems)
     mounts = Mounts()
     try:
         mounted = [fs for fs in filesystems if fs.mountpoint]
@@ -155,18 +162,26 @@ def make_disks(plan: dict[str, Any], layers: list[str], out_dir: str, seed: str)
             _date_new_entries(fs, full, epoch)
 
         # format what can be formatted empty, measure the room, and check it all first
-        # xfs last: it is loop-mounted from the image file, and mke2fs refuses to write into
-        # a file that is mounted (an ext /boot beside an xfs / on one disk)
-        filesystems.sort(key=lambda fs: fs.part.fstype == "xfs")
-        mounted.sort(key=lambda fs: fs.part.fstype == "xfs")
-        for fs in filesystems:
+        # xfs and btrfs last: they are loop-mounted from the image file, and mke2fs refuses
+        # to write into a file that is mounted (an ext /boot beside an xfs / on one disk)
+        formatted = [fs for fs in filesystems if fs.formatted]
+        formatted.sort(key=lambda fs: fs.part.fstype in ("xfs", "btrfs"))
+        for fs in formatted:
             _prepare(fs, ids, epoch, scratch, mounts)
-        too_big = [fs for fs in mounted if fs.need * (1 - ESTIMATE_SLACK) > fs.capacity]
+        for vg in the_plan.volume_groups:
+            write_volume_group(the_plan, vg, images, ids, epoch)
+        too_big = [fs for fs in formatted if fs.need * (1 - ESTIMATE_SLACK) > fs.capacity]
+        too_big = [fs for fs in too_big if fs.mountpoint or fs.subvolumes]
         if too_big:
             raise _too_big_error(too_big)
 
-        for fs in mounted:
-            _populate(fs, ids, epoch, full, scratch, mounts)
+        for fs in formatted:
+            if fs.mountpoint or fs.subvolumes:
+                _populate(fs, ids, epoch, full, scratch, mounts)
+            at = 0
+            for image, offset, length in fs.spans:  # a split LV: its segments into place
+                splice(fs.image, image, offset, at, length)
+                at += length
     finally:
         # never remove a directory tree that may still have a mount below it
         if mounts.close() and not _mounted_below(scratch):
@@ -181,9 +196,77 @@ def make_disks(plan: dict[str, Any], layers: list[str], out_dir: str, seed: str)
         "mounts": {
             fs.mountpoint: {"disk": fs.disk.name, "number": fs.part.number, "uuid": fs.uuid}
             for fs in filesystems
-            if fs.mountpoint
+            if fs.mountpoint and not fs.lv and not fs.subvol
         },
+        "filesystems": [_fs_result(fs) for fs in filesystems if fs.formatted or fs.subvol],
     }
+
+
+def _fs_result(fs: Fs) -> dict[str, Any]:
+    """Where a filesystem lies and how it is mounted: the bootloader layer reads these."""
+    vol = fs.volume or fs
+    return {
+        "mountpoint": fs.mountpoint,
+        "fstype": fs.part.fstype,
+        "uuid": fs.uuid,
+        "label": vol.part.label,
+        "disk": vol.disk.name,
+        "number": vol.part.number if not fs.lv else None,
+        "start": vol.part.start if not fs.spans else None,
+        "size": vol.part.size,
+        "lv": fs.lv,
+        "subvol": fs.subvol,
+    }
+
+
+def logical_volumes(plan: Plan, images: dict[str, Path], ids: Ids, scratch: Path) -> list[Fs]:
+    """One Fs per logical volume: at its offset on its disk, or (spanning PVs) in a scratch
+    image whose segments are spliced into place once it is built."""
+    out = []
+    disks = {d.name: d for d in plan.disks}
+    for vg in plan.volume_groups:
+        for lv in vg.lvs:
+            extents = plan.lv_extents(vg, lv)
+            disk, start, _ = extents[0]
+            image = images[disk]
+            if len(extents) > 1:
+                image = _sparse(scratch / f"lv-{vg.name}-{lv.name}", lv.size)
+                start = 0
+            part = PartitionPlan(
+                number=0,
+                mountpoint=lv.mountpoint,
+                fstype=lv.fstype,
+                start=start,
+                size=lv.size,
+                label=lv.label,
+                fsoptions=lv.fsoptions,
+                mkfsoptions=lv.mkfsoptions,
+                fsprofile=lv.fsprofile,
+            )
+            fs = Fs(disks[disk], part, image, lv=f"{vg.name}/{lv.name}")
+            if len(extents) > 1:
+                fs.spans = [(images[d], at, n) for d, at, n in extents]
+            fs.uuid = str(ids.guid("lv-fs", vg.name, lv.name))
+            out.append(fs)
+    return out
+
+
+def subvolumes(plan: Plan, filesystems: list[Fs]) -> list[Fs]:
+    """One Fs per btrfs subvolume, tied to its volume's Fs (which formats and fills it)."""
+    out = []
+    for b in plan.btrfs:
+        (vol,) = [
+            fs
+            for fs in filesystems
+            if fs.disk.name == b.disk and fs.part.number == b.number and not fs.lv
+        ]
+        for sv in b.subvolumes:
+            options = ",".join(o for o in (f"subvol={sv.name}", sv.fsoptions) if o)
+            part = replace(vol.part, mountpoint=sv.mountpoint, fsoptions=options)
+            sub = Fs(vol.disk, part, vol.image, uuid=vol.uuid, subvol=sv.name, volume=vol)
+            vol.subvolumes.append(sub)
+            out.append(sub)
+    return out
 
 
 def _disk_result(disk: DiskPlan, table: dict[str, Any], fss: list[Fs]) -> dict[str, Any]:
@@ -254,7 +337,7 @@ def _validate(plan: Plan, layers: list[str], out_dir: str) -> None:
                     f"(at most {LABEL_MAX.get(p.fstype, 16)} bytes)"
                 )
             mp = p.mountpoint
-            if p.fstype in ("swap", "biosboot"):
+            if p.fstype in ("swap", "biosboot", "lvmpv") or (p.fstype == "btrfs" and not mp):
                 continue
             if not mp:
                 raise BuildError(f"{where}: a {p.fstype} filesystem needs a mount point")
@@ -269,6 +352,10 @@ def _validate(plan: Plan, layers: list[str], out_dir: str) -> None:
             if mp in seen:
                 raise BuildError(f"mount point {mp} is used by two partitions")
             seen.add(mp)
+    extra = [m for m in plan.mountpoints() if m not in seen]
+    if len(set(extra)) != len(extra):
+        raise BuildError("a mount point is used by two volumes or subvolumes")
+    seen.update(extra)
     if "/" not in seen:
         raise BuildError("the layout has no / filesystem", hint="add `part / ...` to the kickstart")
 
@@ -277,14 +364,18 @@ def _prepare(fs: Fs, ids: Ids, epoch: int, scratch: Path, mounts: Mounts) -> Non
     """Format (or dry-run) one partition and learn how much room its contents will have."""
     p = fs.part
     t = p.fstype
-    if t in EXT:
+    if t == "btrfs":
+        _prepare_btrfs(fs, scratch, mounts)
+    elif t in EXT:
         _prepare_ext(fs, ids, epoch, scratch)
     elif t in FAT:
         _prepare_fat(fs, ids, epoch)
     elif t == "xfs":
         _prepare_xfs(fs, scratch, mounts)
     elif t == "swap":
-        tmp = _sparse(scratch / f"swap-{fs.disk.name}-{p.number}", p.size)
+        tmp = _sparse(
+            scratch / f"swap-{fs.disk.name}-{p.number}-{fs.lv or ''}".replace("/", "-"), p.size
+        )
         user = _split_opts(p)
         _forbid(fs, user, ("-U",), "ksbake sets the UUID")
         argv = ["mkswap", "-U", str(fs.uuid), *(["-L", p.label] if p.label else []), *user]
@@ -295,7 +386,9 @@ def _prepare(fs: Fs, ids: Ids, epoch: int, scratch: Path, mounts: Mounts) -> Non
 
 def _populate(fs: Fs, ids: Ids, epoch: int, full: Path, scratch: Path, mounts: Mounts) -> None:
     t = fs.part.fstype
-    if t in EXT:
+    if t == "btrfs":
+        _populate_btrfs(fs, mounts)
+    elif t in EXT:
         _populate_ext(fs, ids, epoch, full)
     elif t in FAT:
         _populate_fat(fs, epoch, scratch)

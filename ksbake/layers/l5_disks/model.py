@@ -100,6 +100,12 @@ class Fs:
     mnt: Path | None = None  # xfs: where the partition is mounted for population
     capacity: int = 0  # bytes free after formatting (0: not measured)
     need: int = 0  # bytes the content needs
+    lv: str | None = None  # "VG/LV": a logical volume (``part`` then says where it lies)
+    spans: list[tuple[Path, int, int]] = field(default_factory=list)  # a split LV built in a
+    # scratch image: (disk image, offset there, bytes) of each segment, in LV order
+    subvol: str | None = None  # a btrfs subvolume of ``volume``: nothing to format
+    volume: Fs | None = None
+    subvolumes: list[Fs] = field(default_factory=list)  # a btrfs volume's subvolumes
 
     @property
     def mountpoint(self) -> str | None:
@@ -108,7 +114,17 @@ class Fs:
     @property
     def where(self) -> str:
         what = self.part.mountpoint or self.part.fstype
+        if self.lv:
+            return f"{what} ({self.part.fstype}, logical volume {self.lv})"
+        if self.subvol and self.volume is not None:
+            vol = f"{self.volume.disk.name} partition {self.volume.part.number}"
+            return f"{what} (btrfs subvolume {self.subvol}, {vol})"
         return f"{what} ({self.part.fstype}, {self.disk.name} partition {self.part.number})"
+
+    @property
+    def formatted(self) -> bool:
+        """Whether this entry makes a filesystem of its own (not a subvolume, not a PV)."""
+        return self.subvol is None and self.part.fstype not in ("lvmpv", "biosboot")
 
     @property
     def source(self) -> Path | None:

@@ -22,15 +22,18 @@ def _sparse(path: Path, size: int) -> Path:
     return path
 
 
-def splice(src: Path, dst: Path, offset: int) -> None:
-    """Copy ``src`` into ``dst`` at ``offset``, skipping holes and all-zero blocks.
+def splice(src: Path, dst: Path, offset: int, start: int = 0, length: int | None = None) -> None:
+    """Copy ``src`` (from ``start``, ``length`` bytes: to its end) into ``dst`` at ``offset``,
+    skipping holes and all-zero blocks.
 
     ``dst``'s region must read as zeros already (a fresh sparse image): it stays sparse.
     """
     with open(src, "rb") as s, open(dst, "r+b") as d:
         sfd, dfd = s.fileno(), d.fileno()
-        end = os.fstat(sfd).st_size
-        pos = 0
+        size = os.fstat(sfd).st_size
+        end = size if length is None else min(size, start + length)
+        offset -= start
+        pos = start
         while pos < end:
             try:
                 data = os.lseek(sfd, pos, os.SEEK_DATA)
@@ -38,7 +41,9 @@ def splice(src: Path, dst: Path, offset: int) -> None:
                 if exc.errno == errno.ENXIO:
                     break
                 raise
-            hole = os.lseek(sfd, data, os.SEEK_HOLE)
+            if data >= end:
+                break
+            hole = min(os.lseek(sfd, data, os.SEEK_HOLE), end)
             for at, chunk in _chunks(sfd, data, hole):
                 os.pwrite(dfd, chunk, offset + at)
             pos = hole

@@ -22,7 +22,6 @@ from ksbake.layers.l5_disks.model import (
     _lstat_in,
     log,
 )
-from ksbake.layout import Plan
 from ksbake.run import run
 from ksbake.treefs import MIN_EPOCH
 
@@ -33,15 +32,17 @@ def _is_below(path: str, parent: str) -> bool:
     return parent == "/" or path.startswith(parent + "/")
 
 
-def fstab_text(plan: Plan, filesystems: list[Fs]) -> str:
-    """/etc/fstab of the image: every filesystem by UUID, shallowest first, then swap."""
-    by_part = {(fs.disk.name, fs.part.number): fs for fs in filesystems}
+def fstab_text(filesystems: list[Fs]) -> str:
+    """/etc/fstab of the image: every filesystem by UUID (logical volumes too, and btrfs
+    subvolumes with ``subvol=``), shallowest first, then swap."""
     rows: list[tuple[str, str, str, str, str]] = []
-    for mp, disk, part in plan.mounts():
-        fs = by_part[(disk.name, part.number)]
+    mounted = [fs for fs in filesystems if fs.mountpoint and (fs.formatted or fs.subvol)]
+    mounted.sort(key=lambda fs: (_depth(fs.mountpoint or "/"), fs.mountpoint))
+    for fs in mounted:
+        part, mp = fs.part, fs.mountpoint or "/"
         fstype = "vfat" if part.fstype in FAT else part.fstype
         default = ESP_OPTIONS if part.fstype == "efi" else "defaults"
-        passno = "0" if part.fstype == "xfs" else "1" if mp == "/" else "2"
+        passno = "0" if part.fstype in ("xfs", "btrfs") else "1" if mp == "/" else "2"
         rows.append((f"UUID={fs.uuid}", mp, fstype, part.fsoptions or default, f"0 {passno}"))
     for fs in filesystems:
         if fs.part.fstype == "swap":
@@ -53,6 +54,10 @@ def fstab_text(plan: Plan, filesystems: list[Fs]) -> str:
             " ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + " " + row[4]
         )
     return "\n".join(lines) + "\n"
+
+
+def _depth(mountpoint: str) -> int:
+    return 0 if mountpoint == "/" else mountpoint.count("/")
 
 
 class Mounts:

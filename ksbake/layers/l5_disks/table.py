@@ -49,6 +49,7 @@ GPT_TYPES = {
     "biosboot": "21686148-6449-6E6F-744E-656564454649",  # BIOS boot ("Hah!IdontNeedEFI")
     "swap": "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F",  # Linux swap
     "vfat": "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7",  # Microsoft basic data (libparted: fat*)
+    "lvmpv": "E6D6D379-F507-44C2-A23C-238F2A3DF928",  # Linux LVM
 }
 GPT_LINUX = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"  # Linux filesystem data (ext*, xfs)
 MBR_EXTENDED = "5"
@@ -67,7 +68,7 @@ def _assign_ids(fs: Fs, ids: Ids) -> None:
         vol = ids.fat_volid(fs.disk.name, p.number)
         fs.uuid = f"{vol[:4]}-{vol[4:]}"
         fs.fat_bits = _fat_bits(p)
-    elif p.fstype != "biosboot":
+    elif p.fstype not in ("biosboot", "lvmpv"):
         fs.uuid = ids.fs_uuid(fs.disk.name, p.number)
     if fs.disk.label == "gpt":
         fs.partuuid = str(ids.gpt_part(fs.disk.name, p.number))
@@ -92,6 +93,8 @@ def _gpt_name(part: PartitionPlan) -> str:
         return "BIOS boot partition"
     if part.fstype == "swap":
         return "swap"
+    if part.fstype == "lvmpv":
+        return "lvm"
     if part.mountpoint == "/":
         return "root"
     return (part.mountpoint or part.fstype).strip("/").replace("/", "-")[:36]
@@ -101,7 +104,7 @@ def _mbr_type(fs: Fs) -> str:
     """libparted's id: ESP ef, swap 82, FAT32 0b, any other FAT (-F 12/16) 06, else 83."""
     if fs.part.fstype == "vfat":
         return "b" if fs.fat_bits == 32 else "6"
-    return {"efi": "ef", "swap": "82"}.get(fs.part.fstype, "83")
+    return {"efi": "ef", "swap": "82", "lvmpv": "8e"}.get(fs.part.fstype, "83")
 
 
 def _extended(disk: DiskPlan, fss: list[Fs]) -> dict[str, int] | None:

@@ -95,12 +95,42 @@ FIRMWARES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _partition(disks: list[dict], mountpoint: str) -> tuple[dict, dict] | None:
+def _partition(
+    disks: list[dict], mountpoint: str, filesystems: list[dict] | None = None
+) -> tuple[dict, dict] | None:
+    """(disk, filesystem) mounted at ``mountpoint``: a partition, or with ``filesystems``
+    (the disks layer's list) also a logical volume or btrfs subvolume."""
+    if filesystems is not None:
+        by_name = {d["name"]: d for d in disks}
+        for fs in filesystems:
+            if fs.get("mountpoint") == mountpoint:
+                return by_name[fs["disk"]], fs
+        return None
     for disk in disks:
         for part in disk["partitions"]:
             if part.get("mountpoint") == mountpoint:
                 return disk, part
     return None
+
+
+def volume_args(root: dict, filesystems: list[dict]) -> tuple[str, ...]:
+    """What the initramfs needs to find / (as anaconda writes them): ``rd.lvm.lv=VG/LV`` for
+    a root and swap on LVM, ``rootflags=subvol=NAME`` for a root on a btrfs subvolume."""
+    words = []
+    for fs in filesystems:
+        if fs.get("lv") and (fs is root or fs.get("fstype") == "swap"):
+            words.append(f"rd.lvm.lv={fs['lv']}")
+    if root.get("subvol"):
+        words.append(f"rootflags=subvol={root['subvol']}")
+    return tuple(words)
+
+
+def _device_name(disk: dict, part: dict) -> str:
+    if part.get("lv"):
+        return f"logical volume {part['lv']}"
+    if part.get("subvol"):
+        return f"{disk['name']}{part['number']} (subvolume {part['subvol']})"
+    return f"{disk['name']}{part['number']}"
 
 
 def choose_boot_disk(disks: list[dict], boot_drive: str | None) -> dict:
@@ -173,21 +203,46 @@ class Target:
     password_hash: str | None
 
     @property
+    def subvol_prefix(self) -> str:
+        """The path of /boot's btrfs subvolume from the volume's top level GRUB sees."""
+        return f"/{self.boot_part['subvol']}" if self.boot_part.get("subvol") else ""
+
+    @property
     def grub_dir(self) -> str:
-        return "/grub" if self.separate_boot else "/boot/grub"
+        return self.subvol_prefix + ("/grub" if self.separate_boot else "/boot/grub")
+
+    @property
+    def kernel_prefix(self) -> str:
+        return self.subvol_prefix + ("" if self.separate_boot else "/boot")
+
+    @property
+    def modules(self) -> tuple[str, ...]:
+        """GRUB modules /boot's device needs beyond the filesystem's."""
+        return ("lvm",) if self.boot_part.get("lv") else ()
 
 
 def plan_target(
-    disk_list: list[dict], plan: dict, settings: dict, targets: tuple[str, ...], seed: str
+    disk_list: list[dict],
+    plan: dict,
+    settings: dict,
+    targets: tuple[str, ...],
+    seed: str,
+    filesystems: list[dict] | None = None,
 ) -> Target:
     """Check the layout against the settings; every error here comes before any copying."""
-    root = _partition(disk_list, "/")
+    root = _partition(disk_list, "/", filesystems)
     if root is None or not root[1].get("uuid"):
         raise BuildError("the disk layout has no / filesystem with a UUID")
-    separate = _partition(disk_list, "/boot")
+    separate = _partition(disk_list, "/boot", filesystems)
     boot_disk, boot_part = separate or root
     if not boot_part.get("uuid"):
         raise BuildError(f"the {boot_part.get('mountpoint')} filesystem has no UUID")
+    if boot_part.get("start") is None:
+        raise BuildError(
+            f"{boot_part['mountpoint']} is on logical volume {boot_part['lv']}, which spans "
+            "physical volumes: GRUB's files could not be written into it here",
+            hint="put /boot on a partition: part /boot --size=1024 --fstype=ext4",
+        )
     grub_disk = choose_boot_disk(disk_list, settings.get("boot_drive"))
     table = None
     if "bios" in targets and not settings.get("nombr"):
@@ -273,7 +328,7 @@ def install(
             raise BuildError(
                 "no kernel in the tree: /boot/vmlinuz-* not found; add 'kernel' to %packages"
             )
-        target = plan_target(disk_list, plan, bootloader, targets, seed)
+        target = plan_target(disk_list, plan, bootloader, targets, seed, disks.get("filesystems"))
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -320,8 +375,9 @@ def install(
         title=os_name(tree),
         boot_uuid=target.boot_part["uuid"],
         root_uuid=target.root["uuid"],
-        boot_prefix="" if target.separate_boot else "/boot",
+        boot_prefix=target.kernel_prefix,
         append=append,
+        volumes=volume_args(target.root, disks.get("filesystems") or []),
         timeout=bootloader.get("timeout"),
         password_hash=target.password_hash,
     )
@@ -341,6 +397,7 @@ def install(
             "boot_uuid": boot_part["uuid"],
             "prefix": target.grub_dir,
             "boot_fstype": boot_part["fstype"],
+            "extra_modules": target.modules,
             "password": bool(target.password_hash),
             "tmp": tmp,
         }
@@ -363,9 +420,11 @@ def install(
 
     result.update(
         grub="; ".join(descriptions) or None,
-        cmdline=kernel_cmdline(target.root["uuid"], append),
+        cmdline=kernel_cmdline(
+            target.root["uuid"], append, volume_args(target.root, disks.get("filesystems") or [])
+        ),
         boot_disk=grub_disk["name"],
-        config=f"{target.grub_dir}/grub.cfg on {target.boot_disk['name']}{boot_part['number']}",
+        config=f"{target.grub_dir}/grub.cfg on {_device_name(target.boot_disk, boot_part)}",
         seconds=round(time.monotonic() - started, 3),
     )
     return result

@@ -103,8 +103,8 @@ def write_into_fs(
             _write_ext(disk_file, part, path, data, mode, Path(scratch))
         elif fstype in FAT_FSTYPES:
             _write_fat(disk_file, part, path, data, Path(scratch))
-        elif fstype == "xfs":
-            with _loop_mount(disk_file, part, "xfs", Path(scratch) / "mnt") as mnt:
+        elif fstype in ("xfs", "btrfs"):  # btrfs: the top level, paths through subvolumes
+            with _loop_mount(disk_file, part, fstype, Path(scratch) / "mnt") as mnt:
                 treefs.write_file(mnt, path, data, mode=mode)
         else:
             raise BuildError(f"cannot write {path} into a {fstype} filesystem")

@@ -16,10 +16,11 @@ def grub_quote(word: str) -> str:
     return "'" + word.replace("'", "'\\''") + "'"
 
 
-def kernel_cmdline(root_uuid: str, append: str) -> str:
-    """The kernel command line of every entry (``root=UUID``, serial console, ``append``)."""
+def kernel_cmdline(root_uuid: str, append: str, volumes: tuple[str, ...] = ()) -> str:
+    """The kernel command line of every entry (``root=UUID``, what the initramfs needs to
+    assemble it, serial console, ``append``)."""
     return " ".join(
-        w for w in (f"root=UUID={root_uuid}", "ro", "console=ttyS0,115200", append) if w
+        w for w in (f"root=UUID={root_uuid}", *volumes, "ro", "console=ttyS0,115200", append) if w
     )
 
 
@@ -33,12 +34,14 @@ def grub_cfg(
     append: str = "",
     timeout: int | None = None,
     password_hash: str | None = None,
+    volumes: tuple[str, ...] = (),
 ) -> str:
     """grub.cfg text: serial console, search /boot by UUID, one entry per kernel.
 
-    ``boot_prefix`` is "" when /boot is its own filesystem, "/boot" when it is part of /.
+    ``boot_prefix`` is "" when /boot is its own filesystem, "/boot" when it is part of /
+    (either after the btrfs subvolume's path when /boot is on one).
     """
-    cmdline = " ".join(grub_quote(w) for w in kernel_cmdline(root_uuid, append).split())
+    cmdline = " ".join(grub_quote(w) for w in kernel_cmdline(root_uuid, append, volumes).split())
     lines = [
         "# Written by ksbake: one entry per kernel in the image, newest first.",
         "serial --unit=0 --speed=115200",

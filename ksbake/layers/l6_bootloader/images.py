@@ -45,6 +45,7 @@ FS_MODULES = {
     "ext3": "ext2",
     "ext4": "ext2",
     "xfs": "xfs",
+    "btrfs": "btrfs",
     "vfat": "fat",
     "efi": "fat",
 }
@@ -109,6 +110,7 @@ def make_image(
     boot_fstype: str,
     password: bool,
     tmp: Path,
+    extra_modules: tuple[str, ...] = (),
 ) -> GrubImage:
     """core.img (i386-pc) or BOOTX64.EFI (x86_64-efi) with every module it needs built in."""
     mkimage = grub_mkimage_tool()
@@ -116,7 +118,7 @@ def make_image(
     fs_module = FS_MODULES.get(boot_fstype)
     if fs_module is None:
         raise BuildError(f"GRUB cannot read a /boot filesystem of type {boot_fstype}")
-    modules = [*PLATFORM_MODULES[platform], *COMMON_MODULES, fs_module]
+    modules = [*PLATFORM_MODULES[platform], *COMMON_MODULES, *extra_modules, fs_module]
     if password:
         modules += PASSWORD_MODULES
     cfg = tmp / f"early-{platform}.cfg"
