@@ -728,8 +728,6 @@ SUPPORTED = ", ".join(FSTYPES)  # the error lists every type the disks layer can
         ("part /data --size=10 --fstype=ntfs", "--fstype=ntfs is not supported"),
         ("part /data --size=10 --fstype=zfs", "--fstype=zfs is not supported"),
         ("part /boot/efi --size=10 --fstype=FAT32", "write --fstype=vfat"),
-        ("part prepboot --size=4 --fstype=prepboot", "PReP"),
-        ("part prepboot --size=4", "PReP"),
     ],
 )
 def test_unknown_fstype_names_the_line_and_the_supported_list(

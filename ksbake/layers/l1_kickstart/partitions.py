@@ -33,12 +33,13 @@ it). What appliance-creator did, minus its bugs:
 * A line without ``--fstype`` gets ext4 (anaconda's Fedora default); ``swap`` gets swap,
   ``biosboot`` biosboot and ``/boot/efi`` efi. ``/boot/efi`` must be efi or vfat (vfat stays
   vfat: U-Boot boards want a plain FAT partition); efi is only for ``/boot/efi``. Names are
-  matched case-insensitively (``EXT4`` is ext4); anything else (prepboot, btrfs, FAT32...)
+  matched case-insensitively (``EXT4`` is ext4); anything else (FAT32, zfs...)
   is an error listing the supported types.
 * A mount point defined twice: the last line wins, with a warning. Several ``swap`` lines
   are several swap partitions, as in anaconda.
 * biosboot on an msdos disk is dropped with a warning (GRUB embeds itself after the MBR
-  there), so one kickstart serves both labels.
+  there), so one kickstart serves both labels; so is prepboot (PowerPC firmware only:
+  multi-architecture kickstarts carry it for ppc64le builds).
 * LVM, RAID, btrfs, autopart, reqpart, ignoredisk, mount, ``--onpart``/``--usepart``,
   ``--encrypted``, ``--resize``, ``--noformat`` and the like cannot be honoured by a blank
   image: the first such line (in kickstart order) fails with one KickstartError saying what
@@ -140,6 +141,12 @@ def plan_with_warnings(
     default_disk = named[0] if named and named[0] else DEFAULT_DISK
     requests: list[_Request] = []
     for pd in datas:
+        if str(pd.mountpoint) == "prepboot" or (pd.fstype or "").lower() == "prepboot":
+            warnings.append(
+                f"{ks.line_of(pd)}: a PReP boot partition is only for PowerPC firmware; "
+                "dropped from this x86 image"
+            )
+            continue
         try:
             requests.append(_request(ks, pd, default_disk, warnings, memory_mib))
         except KickstartError as err:
@@ -372,11 +379,6 @@ def _request(
         return ks.error(pd, message, hint)
 
     raw_mount = str(pd.mountpoint or "")
-    if raw_mount == "prepboot" or (pd.fstype or "").lower() == "prepboot":
-        raise fail(
-            f"--fstype=prepboot (PowerPC PReP boot) is not supported; supported: {SUPPORTED}",
-            "delete the line: the images ksbake builds boot with BIOS or UEFI",
-        )
     if getattr(pd, "resize", False):
         raise fail(
             "part --resize resizes an existing partition; an image starts blank",
