@@ -4,7 +4,9 @@ No Fedora mirror is reachable from the machines ksbake is developed and tested o
 demo appliances and the tests install from a small RPM distribution that the project builds
 itself: the spec files in ``repo/specs`` turned into RPMs with rpmbuild, the userland taken
 from Debian's ``busybox-static`` and the kernel from ``linux-image-amd64`` (only the modules
-a disk boot needs, plus a busybox initramfs), indexed with createrepo_c and ``repo/comps.xml``.
+a disk boot needs, plus a busybox initramfs that also holds ``lvm`` from Debian's ``lvm2``
+and the shared libraries it needs, taken from their Debian packages too), indexed with
+createrepo_c and ``repo/comps.xml``.
 
 Result (``build(out_dir, debs_dir)``)::
 
@@ -33,6 +35,7 @@ import logging
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -77,6 +80,17 @@ UPDATE_PACKAGES = (("rootfiles", ("--with", "update")),)
 
 BUSYBOX_DEB = "busybox-static"
 KERNEL_META_DEB = "linux-image-amd64"
+# lvm (for an LVM root) comes from lvm2; Debian ships no static build of it, so the shared
+# libraries it loads come from the library packages lvm2 depends on (directly or not).
+LVM_DEB = "lvm2"
+LVM_BINARY = "sbin/lvm"  # inside the .deb (bookworm has not moved it to /usr yet)
+# Where the initramfs has them: ld.so searches /lib/x86_64-linux-gnu by default (no
+# ld.so.cache needed) and lvm's ELF interpreter is /lib64/ld-linux-x86-64.so.2.
+INITRAMFS_LVM = "bin/lvm"
+INITRAMFS_LIBDIR = "lib/x86_64-linux-gnu"
+# Directories of the extracted .debs where a soname is looked for (bookworm still ships
+# libraries in /lib; some are in /usr/lib).
+DEB_LIBDIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
 
 # Modules the initramfs loads, in this order. Their dependencies (libata, scsi_mod,
 # virtio_ring, fat, ...) come along through modules.dep.
@@ -96,9 +110,15 @@ INITRAMFS_MODULES = (
     "nls_utf8",
 )
 # Root filesystems the initramfs tries in this order when the kernel command line has no
-# rootfstype=; only the module of the one that mounts is loaded (xfs.ko alone takes about a
-# second to load under TCG). Their dependencies: jbd2, mbcache, crc16, libcrc32c.
-ROOT_FILESYSTEMS = ("ext4", "xfs")
+# rootfstype= (the one whose superblock magic /init recognizes first); only the module of
+# the one that mounts is loaded (xfs.ko alone takes about a second to load under TCG).
+# Their dependencies: jbd2, mbcache, crc16, libcrc32c; btrfs's: xor, raid6_pq,
+# zstd_compress, libcrc32c.
+ROOT_FILESYSTEMS = ("ext4", "xfs", "btrfs")
+# In the initramfs and the module tree but loaded only when needed: dm_mod by /init for an
+# LVM root; btrfs's checksum softdeps (busybox modprobe ignores softdeps; crc32c_generic is
+# loaded anyway) by the kernel through modules.alias when a filesystem uses that checksum.
+ON_DEMAND_MODULES = ("dm_mod", "blake2b_generic", "xxhash_generic")
 # Parts of the kernel .deb that hold those modules and their dependencies; the rest (most
 # of the 400 MB) is never written to disk; a dependency outside them is reported.
 KERNEL_MEMBERS = (
@@ -113,6 +133,7 @@ KERNEL_MEMBERS = (
     "./lib/modules/*/kernel/crypto",
     "./lib/modules/*/kernel/drivers/ata",
     "./lib/modules/*/kernel/drivers/block",
+    "./lib/modules/*/kernel/drivers/md",
     "./lib/modules/*/kernel/drivers/scsi",
     "./lib/modules/*/kernel/drivers/virtio",
     "./lib/modules/*/kernel/fs",
@@ -186,13 +207,13 @@ def _apt_show(*packages: str) -> dict[str, dict[str, str]]:
     return stanzas
 
 
-def _wanted_debs() -> list[tuple[str, str]]:
-    """(package, version) of busybox-static and of the kernel that linux-image-amd64 names.
+def _wanted_debs(info: dict[str, dict[str, str]]) -> list[tuple[str, str]]:
+    """(package, version) of busybox-static and of the kernel that linux-image-amd64 names,
+    from ``info`` (``_apt_show`` of at least those two).
 
     The meta package depends on exactly one linux-image-VER-amd64 (= version): that real
     package is what gets downloaded.
     """
-    info = _apt_show(BUSYBOX_DEB, KERNEL_META_DEB)
     depends = info[KERNEL_META_DEB].get("Depends", "")
     match = re.search(r"(linux-image-[0-9][^\s,]*-amd64)(?: \(= ([^)\s]+)\))?", depends)
     if not match:
@@ -203,39 +224,107 @@ def _wanted_debs() -> list[tuple[str, str]]:
     return [(BUSYBOX_DEB, info[BUSYBOX_DEB]["Version"]), (kernel, kernel_version)]
 
 
-def _fetch_deb(package: str, version: str, debs_dir: Path) -> Deb:
-    """Return the cached .deb of ``package`` ``version``, downloading it if absent.
+def _lvm_packages() -> list[str]:
+    """lvm2 and every library package it depends on, transitively (one apt-cache run).
 
-    The download goes to a temporary directory and is renamed into the cache only when
-    complete, so an interrupted download is never taken for a cached .deb.
+    Only ``lib*`` packages are followed (not dmsetup, dmeventd, lsb-base, gcc-12-base): what
+    lvm loads is in those; of ``a | b`` only ``a``. Which of their files are needed is
+    decided later from the ELF headers, so a library package too many costs a download,
+    never initramfs space.
     """
-    deb = debs_dir / f"{package}_{version.replace(':', '%3a')}_amd64.deb"
-    if not deb.exists():
-        log.info("downloading %s %s", package, version)
+    out = run(
+        ["apt-cache", "depends", "--recurse", "--important", LVM_DEB],
+        what=f"looking up the dependencies of {LVM_DEB} with apt-cache",
+    ).stdout.decode()
+    graph: dict[str, list[str]] = {}
+    current: list[str] = []
+    alternative = False
+    for line in out.splitlines():
+        if not line.startswith(" "):
+            current = graph.setdefault(line.strip(), [])
+            alternative = False
+            continue
+        match = re.fullmatch(r" ( |\|)(?:Pre)?Depends: (\S+)", line)
+        if match is None:  # a provider of a virtual package
+            continue
+        if not alternative:
+            current.append(match.group(2))
+        alternative = match.group(1) == "|"
+    if LVM_DEB not in graph:
+        raise ToolError(f"apt knows no package {LVM_DEB}", hint="run 'apt-get update' once")
+    found = {LVM_DEB}
+    todo = [LVM_DEB]
+    while todo:
+        for dep in graph.get(todo.pop(), []):
+            if dep.startswith("lib") and dep not in found:
+                found.add(dep)
+                todo.append(dep)
+    return sorted(found)
+
+
+def _deb_file(debs_dir: Path, package: str, version: str) -> Path:
+    return debs_dir / f"{package}_{version.replace(':', '%3a')}_amd64.deb"
+
+
+def _fetch_debs(wanted: list[tuple[str, str]], debs_dir: Path) -> list[Deb]:
+    """The cached .debs of ``wanted`` (package, version), downloading the absent ones.
+
+    The downloads (one apt-get run) go to a temporary directory and are renamed into the
+    cache only when complete, so an interrupted download is never taken for a cached .deb.
+    """
+    missing = [(p, v) for p, v in wanted if not _deb_file(debs_dir, p, v).exists()]
+    if missing:
+        log.info("downloading %s", ", ".join(f"{p} {v}" for p, v in missing))
         tmp = debs_dir / f".download-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
             run(
-                ["apt-get", "download", "-q", f"{package}={version}"],
+                ["apt-get", "download", "-q", *(f"{p}={v}" for p, v in missing)],
                 cwd=tmp,
-                what=f"downloading {package} (needs the Debian package mirror)",
+                what=f"downloading {', '.join(p for p, _ in missing)} "
+                "(needs the Debian package mirror)",
             )
-            (downloaded,) = tmp.glob("*.deb")
-            downloaded.rename(deb)
+            for downloaded in tmp.glob("*.deb"):
+                fields = run(
+                    ["dpkg-deb", "-f", downloaded, "Package", "Version"],
+                    what=f"reading {downloaded.name}",
+                ).stdout.decode()
+                got = dict(re.findall(r"^(Package|Version): (\S+)$", fields, re.MULTILINE))
+                downloaded.rename(_deb_file(debs_dir, got["Package"], got["Version"]))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    fields = run(["dpkg-deb", "-f", deb, "Package", "Version"], what=f"reading {deb}").stdout
-    if f"Package: {package}\nVersion: {version}\n" != fields.decode():
-        raise BuildError(f"{deb} is not {package} {version}: remove it and build again")
-    return Deb(deb, package, version)
+    debs = []
+    for package, version in wanted:
+        deb = _deb_file(debs_dir, package, version)
+        if not deb.exists():
+            raise BuildError(f"apt-get download did not fetch {package} {version}")
+        control = run(["dpkg-deb", "-f", deb, "Package", "Version"], what=f"reading {deb}")
+        if f"Package: {package}\nVersion: {version}\n" != control.stdout.decode():
+            raise BuildError(f"{deb} is not {package} {version}: remove it and build again")
+        debs.append(Deb(deb, package, version))
+    return debs
 
 
-def fetch_debs(debs_dir: Path) -> tuple[Deb, Deb]:
-    """The busybox-static and kernel .debs, from the cache in ``debs_dir`` or downloaded."""
+@dataclass(frozen=True)
+class Debs:
+    """The .debs the repository is made of."""
+
+    busybox: Deb
+    kernel: Deb
+    lvm: tuple[Deb, ...]  # lvm2 and its library packages
+
+
+def fetch_debs(debs_dir: Path) -> Debs:
+    """The busybox-static, kernel and lvm2 (+ libraries) .debs, cached in ``debs_dir``."""
     debs_dir.mkdir(parents=True, exist_ok=True)
-    busybox, kernel = (_fetch_deb(name, ver, debs_dir) for name, ver in _wanted_debs())
-    return busybox, kernel
+    lvm_names = _lvm_packages()
+    info = _apt_show(BUSYBOX_DEB, KERNEL_META_DEB, *lvm_names)
+    main = _wanted_debs(info)
+    lvm = [(name, info[name]["Version"]) for name in lvm_names]
+    fetched = _fetch_debs(main + lvm, debs_dir)
+    busybox, kernel = fetched[: len(main)]
+    return Debs(busybox, kernel, tuple(fetched[len(main) :]))
 
 
 def _dying_with_build(tool: str) -> list[str]:
@@ -300,6 +389,125 @@ def prepare_busybox(deb: Deb, src: Path, work: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# lvm and its shared libraries
+
+
+def _elf_dynamic(path: Path) -> tuple[str | None, list[str]]:
+    """(ELF interpreter, DT_NEEDED sonames) of a 64-bit little-endian ELF file.
+
+    Read here rather than with readelf (binutils) so the build needs no other host tool.
+    """
+    data = path.read_bytes()
+    if data[:6] != b"\x7fELF\x02\x01":
+        raise BuildError(f"{path.name} is not a 64-bit little-endian ELF file")
+    phoff = struct.unpack_from("<Q", data, 0x20)[0]
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    interp = None
+    loads: list[tuple[int, int, int]] = []  # (vaddr, offset, size) of PT_LOAD segments
+    dynamic = (0, 0)
+    for i in range(phnum):
+        p_type, _, offset, vaddr, _, filesz = struct.unpack_from(
+            "<IIQQQQ", data, phoff + i * phentsize
+        )
+        if p_type == 3:  # PT_INTERP
+            interp = data[offset : offset + filesz].rstrip(b"\0").decode()
+        elif p_type == 1:  # PT_LOAD
+            loads.append((vaddr, offset, filesz))
+        elif p_type == 2:  # PT_DYNAMIC
+            dynamic = (offset, filesz)
+    needed: list[int] = []
+    strtab = -1
+    for entry in range(dynamic[0], dynamic[0] + dynamic[1], 16):
+        tag, value = struct.unpack_from("<qQ", data, entry)
+        if tag == 0:  # DT_NULL
+            break
+        if tag == 1:  # DT_NEEDED: an offset into the string table
+            needed.append(value)
+        elif tag == 5:  # DT_STRTAB: its address
+            strtab = value
+    if not needed:
+        return interp, []
+    base = next(
+        (
+            strtab - vaddr + offset
+            for vaddr, offset, size in loads
+            if vaddr <= strtab < vaddr + size
+        ),
+        None,
+    )
+    if base is None:
+        raise BuildError(f"{path.name}: cannot locate the dynamic string table")
+    names = [data[base + n : data.index(b"\0", base + n)].decode() for n in needed]
+    return interp, names
+
+
+def _inside(root: Path, path: Path) -> Path:
+    """``path`` (under ``root``) with its symlinks resolved as if ``root`` were /."""
+    for _ in range(40):
+        if not path.is_symlink():
+            return path
+        target = os.readlink(path)
+        path = root / target.lstrip("/") if target.startswith("/") else path.parent / target
+        path = Path(os.path.normpath(path))
+    raise BuildError(f"too many levels of symbolic links at {path}")
+
+
+def prepare_lvm(debs: tuple[Deb, ...], work: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    """The files that run lvm in the initramfs, from the lvm2 and library .debs.
+
+    Returns ({initramfs path: file}, {Debian package: its copyright file}) for lvm, its ELF
+    interpreter and every shared library it loads (the DT_NEEDED closure), each found in the
+    extracted .debs, never on the host: a soname that none of them ships is an error.
+    """
+    unpacked = {}
+    for deb in debs:
+        unpacked[deb.name] = work / deb.name
+        unpacked[deb.name].mkdir(parents=True)
+        run(["dpkg-deb", "-x", deb.path, unpacked[deb.name]], what=f"extracting {deb.path.name}")
+
+    def find(*candidates: str) -> tuple[str, Path] | None:
+        """(package, regular file) of the first candidate path that a .deb ships."""
+        for name, tree in unpacked.items():
+            for rel in candidates:
+                path = tree / rel
+                if (path.exists() or path.is_symlink()) and _inside(tree, path).is_file():
+                    return name, _inside(tree, path)
+        return None
+
+    files: dict[str, Path] = {}
+    used: set[str] = set()
+
+    def add(dest: str, what: str, *candidates: str) -> Path:
+        found = find(*candidates)
+        if found is None:
+            shipped = ", ".join(d.name for d in debs)
+            raise BuildError(f"{what} is in none of the .debs of {shipped}")
+        used.add(found[0])
+        files[dest] = found[1]
+        return found[1]
+
+    todo = [add(INITRAMFS_LVM, "lvm", LVM_BINARY)]
+    seen: set[str] = set()
+    while todo:
+        interp, needed = _elf_dynamic(todo.pop())
+        if interp is not None and interp.lstrip("/") not in files:
+            add(interp.lstrip("/"), f"lvm's interpreter {interp}", interp.lstrip("/"))
+        for soname in sorted(set(needed) - seen):
+            seen.add(soname)
+            dest = f"{INITRAMFS_LIBDIR}/{soname}"
+            todo.append(
+                add(dest, f"{soname} (needed by lvm)", *(f"{d}/{soname}" for d in DEB_LIBDIRS))
+            )
+    copyrights = {
+        name: unpacked[name] / "usr/share/doc" / name / "copyright" for name in sorted(used)
+    }
+    for name, path in copyrights.items():
+        if not path.is_file():
+            raise BuildError(f"{name}'s .deb has no /usr/share/doc/{name}/copyright")
+    return files, copyrights
+
+
+# ---------------------------------------------------------------------------------------
 # kernel
 
 
@@ -337,35 +545,49 @@ def _depmod(base: Path, kver: str) -> None:
     run(["depmod", "-b", base, kver], what="running depmod")
 
 
-def prepare_kernel(deb: Deb, src: Path, work: Path, busybox: Path) -> str:
+def prepare_kernel(
+    deb: Deb, src: Path, work: Path, busybox: Path, lvm_debs: tuple[Deb, ...]
+) -> str:
     """Build the kernel package's tree in ``src/root`` and return the kernel version (uname -r).
 
-    The tree: /boot/{vmlinuz,System.map,config,initramfs}-VER and /usr/lib/modules/VER with
-    only the modules of INITRAMFS_MODULES and ROOT_FILESYSTEMS, their dependencies and
-    depmod's indexes (the same set is in the initramfs).
+    The tree: /boot/{vmlinuz,System.map,config,initramfs}-VER, /usr/lib/modules/VER with
+    only the modules of INITRAMFS_MODULES, ROOT_FILESYSTEMS and ON_DEMAND_MODULES, their
+    dependencies and depmod's indexes (the same set is in the initramfs), and the Debian
+    copyright files of what the initramfs holds besides the kernel's modules in
+    /usr/share/licenses/kernel/initramfs/PACKAGE/copyright.
     """
-    unpacked = work / "unpacked"
-    _extract_deb_members(deb.path, unpacked, KERNEL_MEMBERS)
-    (kver,) = (p.name for p in (unpacked / "lib/modules").iterdir())
-    full = unpacked / "lib/modules" / kver
-    modules = _module_closure(full, INITRAMFS_MODULES + ROOT_FILESYSTEMS)
+    with ThreadPoolExecutor(1) as pool:  # lvm's .debs are unpacked alongside the kernel's
+        lvm_job = pool.submit(prepare_lvm, lvm_debs, work / "lvm")
+        unpacked = work / "unpacked"
+        _extract_deb_members(deb.path, unpacked, KERNEL_MEMBERS)
+        (kver,) = (p.name for p in (unpacked / "lib/modules").iterdir())
+        full = unpacked / "lib/modules" / kver
+        wanted = INITRAMFS_MODULES + ROOT_FILESYSTEMS + ON_DEMAND_MODULES
+        modules = _module_closure(full, wanted)
 
-    # The cut-down module tree, with depmod's indexes made for exactly these modules.
-    modbase = work / "modtree"
-    moddir = modbase / "lib/modules" / kver
-    for rel in [*modules, "modules.builtin", "modules.builtin.modinfo", "modules.order"]:
-        (moddir / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(full / rel, moddir / rel)
-    _depmod(modbase, kver)
+        # The cut-down module tree, with depmod's indexes made for exactly these modules.
+        modbase = work / "modtree"
+        moddir = modbase / "lib/modules" / kver
+        for rel in [*modules, "modules.builtin", "modules.builtin.modinfo", "modules.order"]:
+            (moddir / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(full / rel, moddir / rel)
+        _depmod(modbase, kver)
+        lvm_files, copyrights = lvm_job.result()
+    # prepare_busybox put Debian's copyright file next to the binary
+    copyrights = {BUSYBOX_DEB: busybox.parent / "copyright", **copyrights}
 
     root = src / "root"
     (root / "boot").mkdir(parents=True)
     for kind in ("vmlinuz", "System.map", "config"):
         shutil.copy2(unpacked / "boot" / f"{kind}-{kver}", root / "boot" / f"{kind}-{kver}")
-    initramfs = make_initramfs(busybox, modbase, modules)
+    initramfs = make_initramfs(busybox, modbase, modules, lvm_files)
     (root / "boot" / f"initramfs-{kver}.img").write_bytes(initramfs)
     (root / "usr/lib/modules").mkdir(parents=True)
     moddir.rename(root / "usr/lib/modules" / kver)
+    licenses = root / "usr/share/licenses/kernel/initramfs"
+    for name, path in sorted(copyrights.items()):
+        (licenses / name).mkdir(parents=True)
+        shutil.copyfile(path, licenses / name / "copyright")
     return kver
 
 
@@ -403,8 +625,11 @@ class _Cpio:
         return b"".join(self.chunks)
 
 
-def make_initramfs(busybox: Path, modbase: Path, modules: list[str]) -> bytes:
-    """The gzip-compressed initramfs: busybox, /init, the modules and what to load when."""
+def make_initramfs(
+    busybox: Path, modbase: Path, modules: list[str], lvm_files: dict[str, Path]
+) -> bytes:
+    """The gzip-compressed initramfs: busybox, /init, the modules and what to load when,
+    lvm with its ELF interpreter and shared libraries (``lvm_files``: path -> file)."""
     cpio = _Cpio()
     for d in ("bin", "dev", "etc", "newroot", "proc", "run", "sys", "tmp"):
         cpio.dir(d)
@@ -423,6 +648,24 @@ def make_initramfs(busybox: Path, modbase: Path, modules: list[str]) -> bytes:
             cpio.dir(name)
         else:
             cpio.file(name, path.read_bytes())
+    # lvm: bin/lvm, lib64/ld-linux-x86-64.so.2, lib/x86_64-linux-gnu/*.so.* (parents first;
+    # "lib" came with the modules)
+    # the same file twice (ld.so: lvm's interpreter and libc's DT_NEEDED) is a symlink.
+    made = {"bin", "lib"}
+    written: dict[Path, str] = {}
+    for name in sorted(lvm_files):
+        parts = name.split("/")
+        for depth in range(1, len(parts)):
+            parent = "/".join(parts[:depth])
+            if parent not in made:
+                cpio.dir(parent)
+                made.add(parent)
+        source = lvm_files[name]
+        if source in written:
+            cpio.symlink(name, os.path.relpath(written[source], os.path.dirname(name)))
+        else:
+            cpio.file(name, source.read_bytes(), 0o755)
+            written[source] = name
     return gzip.compress(cpio.close(), compresslevel=6, mtime=0)
 
 
@@ -488,7 +731,8 @@ def _step(what: str) -> Iterator[None]:
 def _build_into(result: Path, work: Path, debs_dir: Path) -> None:
     """Build the base and updates repositories under ``result`` (scratch space in ``work``)."""
     with _step("fetching .debs"):
-        busybox_deb, kernel_deb = fetch_debs(debs_dir)
+        debs = fetch_debs(debs_dir)
+    busybox_deb, kernel_deb = debs.busybox, debs.kernel
 
     srcs = {}
     for spec in BASE_PACKAGES:
@@ -518,7 +762,11 @@ def _build_into(result: Path, work: Path, debs_dir: Path) -> None:
     def kernel_package() -> None:
         with _step("preparing the kernel and initramfs"):
             kver = prepare_kernel(
-                kernel_deb, srcs["kernel"], work / "kernel-deb", srcs["busybox"] / "busybox"
+                kernel_deb,
+                srcs["kernel"],
+                work / "kernel-deb",
+                srcs["busybox"] / "busybox",
+                debs.lvm,
             )
         _, k_version, k_release = kernel_deb.evr
         kernel_defines = {
@@ -604,7 +852,7 @@ if __name__ == "__main__":
 
 # -- the doit step: the repository as a store object ---------------------------------------
 
-CODE_VERSION = 1
+CODE_VERSION = 2
 
 
 def sources_key(paths: Paths) -> str:

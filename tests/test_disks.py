@@ -654,7 +654,7 @@ def test_fstab_lines() -> None:
     (disk,) = plan.disks
     assert [p.mountpoint for p in disk.partitions] == ["/boot/efi", "/", None, "/boot"]
     fss = [_fs(disk, n) for n in (1, 2, 3, 4)]
-    text = split.fstab_text(plan, fss)
+    text = split.fstab_text(fss)
     rows = [line.split() for line in text.splitlines() if not line.startswith("#")]
     assert [r[1] for r in rows] == ["/", "/boot", "/boot/efi", "none"]  # parents first
     assert rows[0][2:] == ["xfs", "noatime", "0", "0"]

@@ -281,3 +281,38 @@ def test_bad_storage_input_is_one_line_at_its_kickstart_line(workspace: Workspac
     workspace.write("demo.ks", with_parts(small))
     fails(workspace, "logical volume vg/root", "does not fit", "demo.ks:")
     assert not (workspace.cache / "build" / "demo" / "disks.ref").exists()  # nothing cached
+
+
+def guest_mounts(ws: Workspace, name: str = "demo") -> dict[str, tuple[str, str]]:
+    """mountpoint -> (device, fstype) from the guest's KSBAKE-MOUNT lines."""
+    log = (ws.cache / "build" / name / "boot.log").read_text(errors="replace")
+    out = {}
+    for line in log.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[0] == "KSBAKE-MOUNT" and fields[1].startswith("/dev/"):
+            out[fields[2]] = (fields[1], fields[3])
+    return out
+
+
+@pytest.mark.boot
+def test_classic_lvm_appliance_boots_with_its_root_on_the_logical_volume(
+    workspace: Workspace,
+) -> None:
+    workspace.write("demo.ks", with_parts(CLASSIC_LVM))
+    workspace.write("demo.toml", "disk_sizes = { sda = 512 }\n")
+    ok(workspace.doit("boottest:demo"))
+    seen = guest_mounts(workspace)
+    assert seen["/"] == ("/dev/mapper/VolGroup00-LogVol00", "ext4"), seen
+    assert seen["/boot"] == ("/dev/vda1", "ext4")
+
+
+@pytest.mark.boot
+def test_fedora_btrfs_appliance_boots_with_root_and_home_subvolumes(
+    workspace: Workspace,
+) -> None:
+    workspace.write("demo.ks", with_parts(FEDORA_BTRFS))
+    ok(workspace.doit("boottest:demo"))
+    seen = guest_mounts(workspace)
+    assert seen["/"] == ("/dev/vda2", "btrfs") and seen["/home"] == ("/dev/vda2", "btrfs")
+    log = (workspace.cache / "build" / "demo" / "boot.log").read_text(errors="replace")
+    assert "subvol=/root" in log and "subvol=/home" in log

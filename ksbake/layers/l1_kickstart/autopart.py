@@ -37,6 +37,7 @@ from ksbake.layers.l1_kickstart.volumes import (
     DEFAULT_PESIZE_KIB,
     BtrfsRequest,
     LvRequest,
+    PartRequest,
     VgRequest,
     swap_suggestion,
 )
@@ -64,7 +65,7 @@ class Generated:
     """What autopart/reqpart add: the partition table type and the requests."""
 
     label: str
-    parts: list[Any] = field(default_factory=list)  # partitions._Request
+    parts: list[PartRequest] = field(default_factory=list)
     vgs: list[VgRequest] = field(default_factory=list)
     btrfs: list[BtrfsRequest] = field(default_factory=list)
     disk_mib: tuple[str, int] | None = None  # autopart's disk and its size
@@ -210,9 +211,7 @@ def _part(
     maxsize: int | None = None,
     member: str | None = None,
 ) -> Any:
-    from ksbake.layers.l1_kickstart.partitions import _Request
-
-    return _Request(
+    return PartRequest(
         where=line,
         lineno=line.lineno,
         disk=disk,

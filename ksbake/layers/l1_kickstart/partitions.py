@@ -51,11 +51,19 @@ from __future__ import annotations
 import posixpath
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from ksbake.errors import ConfigError, KickstartError
 from ksbake.kickstart import Kickstart
+from ksbake.layers.l1_kickstart.autopart import requests as generated_requests
+from ksbake.layers.l1_kickstart.volumes import (
+    PE_START,
+    PartRequest,
+    allocate,
+    btrfs_plan,
+    btrfs_volumes,
+    volume_groups,
+)
 from ksbake.layout import ALIGN, FSTYPES, DiskPlan, MiB, PartitionPlan, Plan
 
 DEFAULT_DISK = "sda"
@@ -82,29 +90,6 @@ _FAT_NAMES = frozenset({"fat", "fat16", "fat32", "msdos", "dos"})
 _EXAMPLE_PARTS = "part /boot --size=1024 --fstype=ext4; part / --size=4096 --grow --fstype=ext4"
 
 
-@dataclass
-class _Request:
-    """One validated part line, before it is placed on its disk."""
-
-    where: Any  # the pykickstart PartData (for its lineno)
-    lineno: int
-    disk: str
-    mountpoint: str | None
-    fstype: str
-    size: int  # MiB
-    grow: bool
-    maxsize: int | None  # MiB
-    asprimary: bool
-    label: str | None
-    fsoptions: str | None
-    mkfsoptions: str | None
-    fsprofile: str | None
-    logical: bool = False
-    placed_at: int = 0  # its index on the disk once placed
-    member: str | None = None  # pv.N or btrfs.N: a member of a volume group or btrfs volume
-    vg: str | None = None  # lvmpv: its volume group
-
-
 def plan(
     ks: Kickstart,
     disk_sizes: dict[str, int] | None = None,
@@ -129,7 +114,6 @@ def plan_with_warnings(
 ) -> tuple[Plan, list[str]]:
     """``plan`` plus its warnings, each "file:line: message" (a duplicate mount point, a
     biosboot partition dropped on msdos, an option that does not apply)."""
-    from ksbake.layers.l1_kickstart import autopart, volumes
 
     handler = ks.handler
     warnings: list[str] = []
@@ -139,7 +123,7 @@ def plan_with_warnings(
     datas = list(handler.partition.partitions)
     named = [_plain_disk(pd.disk) for pd in datas if getattr(pd, "disk", "")]
     default_disk = named[0] if named and named[0] else DEFAULT_DISK
-    requests: list[_Request] = []
+    requests: list[PartRequest] = []
     for pd in datas:
         if str(pd.mountpoint) == "prepboot" or (pd.fstype or "").lower() == "prepboot":
             warnings.append(
@@ -153,7 +137,7 @@ def plan_with_warnings(
             problems.append((pd.lineno, err))
     if problems:
         raise min(problems, key=lambda p: p[0])[1]
-    generated = autopart.requests(ks, label, firmware, memory_mib, disk_sizes, warnings)
+    generated = generated_requests(ks, label, firmware, memory_mib, disk_sizes, warnings)
     if generated is not None:
         label = generated.label
         requests += generated.parts
@@ -179,7 +163,7 @@ def plan_with_warnings(
     vgs = (
         generated.vgs
         if generated is not None and generated.vgs
-        else volumes.volume_groups(ks, pvs, memory_mib, warnings)
+        else volume_groups(ks, pvs, memory_mib, warnings)
     )
     for vg in vgs:
         for m in vg.members:
@@ -188,14 +172,14 @@ def plan_with_warnings(
     vols = (
         generated.btrfs
         if generated is not None and generated.btrfs
-        else volumes.btrfs_volumes(ks, btrfs_members, warnings)
+        else btrfs_volumes(ks, btrfs_members, warnings)
     )
     for vol in vols:
         r = members[vol.member]
         r.mountpoint, r.label, r.mkfsoptions = vol.mountpoint, vol.label, vol.mkfsoptions
     _check_mounts(ks, requests, vgs, vols)
 
-    by_disk: dict[str, list[_Request]] = {}
+    by_disk: dict[str, list[PartRequest]] = {}
     for r in requests:
         by_disk.setdefault(r.disk, []).append(r)
     sizes = _disk_sizes(disk_sizes, by_disk)
@@ -213,24 +197,20 @@ def plan_with_warnings(
         for r, p in zip(_ordered(by_disk[d.name], d), d.partitions, strict=True)
         if r.member
     }
-    vg_plans = [volumes.allocate(ks, vg, [placed[m] for m in vg.members]) for vg in vgs]
-    btrfs_plans = [
-        volumes.btrfs_plan(vol, *placed[vol.member][:2]) for vol in vols if vol.subvolumes
-    ]
+    vg_plans = [allocate(ks, vg, [placed[m] for m in vg.members]) for vg in vgs]
+    btrfs_plans = [btrfs_plan(vol, *placed[vol.member][:2]) for vol in vols if vol.subvolumes]
     return Plan(
         disks=tuple(disks), volume_groups=tuple(vg_plans), btrfs=tuple(btrfs_plans)
     ), warnings
 
 
-def _ordered(requests: list[_Request], disk: DiskPlan) -> list[_Request]:
+def _ordered(requests: list[PartRequest], disk: DiskPlan) -> list[PartRequest]:
     """The requests of a placed disk in its partitions' order (``_layout`` reorders)."""
     return sorted(requests, key=lambda r: r.placed_at)
 
 
-def _fit_pvs(vg: Any, pvs: list[_Request], fixed: dict[str, int]) -> None:
+def _fit_pvs(vg: Any, pvs: list[PartRequest], fixed: dict[str, int]) -> None:
     """On disks without a size, grow the group's --grow PVs so that its volumes fit."""
-    from ksbake.layers.l1_kickstart.volumes import PE_START
-
     growable = [r for r in pvs if r.grow and r.disk not in fixed]
     if not growable:
         return
@@ -244,7 +224,9 @@ def _lineno(where: Any) -> int:
     return where if isinstance(where, int) else getattr(where, "lineno", 0) or 0
 
 
-def _check_mounts(ks: Kickstart, requests: list[_Request], vgs: list[Any], vols: list[Any]) -> None:
+def _check_mounts(
+    ks: Kickstart, requests: list[PartRequest], vgs: list[Any], vols: list[Any]
+) -> None:
     """One mount point, one filesystem (partitions, volumes, subvolumes); / must exist."""
     seen: dict[str, Any] = {}
     owners = [(r.mountpoint, r.where) for r in requests if r.mountpoint]
@@ -372,7 +354,7 @@ def _disklabel(ks: Kickstart, problems: list[tuple[int, KickstartError]]) -> str
 
 def _request(
     ks: Kickstart, pd: Any, default_disk: str, warnings: list[str], memory_mib: int
-) -> _Request:
+) -> PartRequest:
     """Validate one part line and turn it into a request on its disk."""
 
     def fail(message: str, hint: str) -> KickstartError:
@@ -467,7 +449,7 @@ def _request(
                 f"{', '.join(given)} ignored"
             )
         extras = dict.fromkeys(extras)
-    return _Request(
+    return PartRequest(
         where=pd,
         lineno=pd.lineno,
         disk=disk,
@@ -564,10 +546,10 @@ def _disk_name(ks: Kickstart, pd: Any, value: str) -> str:
 
 
 def _last_mount_wins(
-    ks: Kickstart, requests: list[_Request], warnings: list[str]
-) -> list[_Request]:
+    ks: Kickstart, requests: list[PartRequest], warnings: list[str]
+) -> list[PartRequest]:
     """Drop earlier lines for a mount point defined again (the last one wins)."""
-    last: dict[str, _Request] = {}
+    last: dict[str, PartRequest] = {}
     for r in requests:
         if r.mountpoint is None:
             continue
@@ -581,7 +563,9 @@ def _last_mount_wins(
     return [r for r in requests if r.mountpoint is None or last[r.mountpoint] is r]
 
 
-def _disk_sizes(given: dict[str, int] | None, by_disk: dict[str, list[_Request]]) -> dict[str, int]:
+def _disk_sizes(
+    given: dict[str, int] | None, by_disk: dict[str, list[PartRequest]]
+) -> dict[str, int]:
     """Normalise the settings' disk sizes to MiB, refusing sizes a plan cannot use."""
     sizes: dict[str, int] = {}
     for key, value in (given or {}).items():
@@ -613,7 +597,7 @@ def _disk_sizes(given: dict[str, int] | None, by_disk: dict[str, list[_Request]]
 
 
 def _layout(
-    ks: Kickstart, name: str, label: str, requests: list[_Request], fixed_mib: int | None
+    ks: Kickstart, name: str, label: str, requests: list[PartRequest], fixed_mib: int | None
 ) -> DiskPlan:
     """Order, number, size and place one disk's partitions."""
     ordered = [r for r in requests if _special(r)]
@@ -674,15 +658,15 @@ def _layout(
     return DiskPlan(name=name, size=disk_mib * MiB, label=label, partitions=tuple(partitions))
 
 
-def _special(r: _Request) -> bool:
+def _special(r: PartRequest) -> bool:
     """biosboot and the EFI system partition (/boot/efi, efi or vfat): placed first, and
     primary on msdos (UEFI firmware does not look into logical partitions)."""
     return r.fstype in ("biosboot", "efi") or r.mountpoint == "/boot/efi"
 
 
 def _msdos_order(
-    ks: Kickstart, name: str, ordered: list[_Request]
-) -> tuple[list[_Request], list[int]]:
+    ks: Kickstart, name: str, ordered: list[PartRequest]
+) -> tuple[list[PartRequest], list[int]]:
     """msdos: all primary up to 4; beyond, 3 primaries (special, --asprimary, then kickstart
     order), #4 extended, the rest logical 5+ in kickstart order."""
     asprimary = [r for r in ordered if r.asprimary]
@@ -718,7 +702,7 @@ def _msdos_order(
     return primaries + logicals, numbers
 
 
-def _grow(ordered: list[_Request], free: int) -> list[int]:
+def _grow(ordered: list[PartRequest], free: int) -> list[int]:
     """Extra MiB per request: ``free`` shared by the --grow ones in proportion to their
     --size, each capped by --maxsize, what caps leave going to the others (water-filling)."""
     extra = [0] * len(ordered)
@@ -749,7 +733,7 @@ def _grow(ordered: list[_Request], free: int) -> list[int]:
 
 
 def _too_small(
-    ks: Kickstart, name: str, requests: Iterable[_Request], base: int, overhead: int, given: int
+    ks: Kickstart, name: str, requests: Iterable[PartRequest], base: int, overhead: int, given: int
 ) -> KickstartError:
     """Name every part line of the disk, what they need and what the settings give."""
     reqs = sorted(requests, key=lambda r: r.lineno)

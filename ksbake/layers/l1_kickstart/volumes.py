@@ -56,6 +56,29 @@ _LV_NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 
 
 @dataclass
+class PartRequest:
+    """One validated part line, before it is placed on its disk."""
+
+    where: Any  # the pykickstart PartData (for its lineno)
+    lineno: int
+    disk: str
+    mountpoint: str | None
+    fstype: str
+    size: int  # MiB
+    grow: bool
+    maxsize: int | None  # MiB
+    asprimary: bool
+    label: str | None
+    fsoptions: str | None
+    mkfsoptions: str | None
+    fsprofile: str | None
+    logical: bool = False
+    placed_at: int = 0  # its index on the disk once placed
+    member: str | None = None  # pv.N or btrfs.N: a member of a volume group or btrfs volume
+    vg: str | None = None  # lvmpv: its volume group
+
+
+@dataclass
 class LvRequest:
     where: Any
     name: str
