@@ -44,6 +44,7 @@ class Settings:
     accel: str = "tcg"
     boot_marker: str = "login:"
     boot_timeout: int = 180
+    pre_timeout: int = 300
     formats: tuple[str, ...] = ("qcow2",)
     qcow2_compression: str = "zlib"
     raw_compression: str = "none"
@@ -161,6 +162,9 @@ FIELDS: dict[str, Field] = {
     ),
     "accel": Field((str,), "QEMU accelerator for boot tests: tcg, kvm, ... (KSBAKE_ACCEL)"),
     "boot_marker": Field((str,), "text on the serial console that means the boot succeeded"),
+    "pre_timeout": Field(
+        (int,), "seconds a %pre script may run before it is stopped", _at_most(86400)
+    ),
     "boot_timeout": Field((int,), "seconds a boot test may take", _positive),
 }
 

@@ -180,9 +180,20 @@ def locate(line_map: tuple[Location, ...] | list[Location], lineno: int) -> Loca
     return line_map[min(max(lineno, 1), len(line_map)) - 1]
 
 
-def load(path: Path, *, version: str = DEFAULT_SYNTAX, compat: bool = False) -> Kickstart:
+def load(
+    path: Path,
+    *,
+    version: str = DEFAULT_SYNTAX,
+    compat: bool = False,
+    pre_tmp: Path | None = None,
+    before_pre: bool = False,
+) -> Kickstart:
     """Read ``path`` and its %include tree, check or rewrite legacy syntax, parse with
     pykickstart at syntax ``version``, and build the canonical section texts.
+
+    ``pre_tmp``: the directory a %pre script's /tmp was (``%include /tmp/x`` reads
+    ``pre_tmp/x``). ``before_pre``: the first pass, made to find the %pre scripts: an
+    ``%include /tmp/...`` that does not exist yet (a %pre writes it) is skipped.
 
     Raises KickstartError (located by file:line) for anything wrong in the kickstart and
     ConfigError for an unknown syntax version.
@@ -190,6 +201,7 @@ def load(path: Path, *, version: str = DEFAULT_SYNTAX, compat: bool = False) -> 
     syntax, number = _syntax(version)
     main = Path(path).resolve()
     flat = _Flattener(number, syntax, compat)
+    flat.pre_tmp, flat.before_pre = pre_tmp, before_pre
     flat.read_main(main)
     text = "".join(line.text + "\n" for line in flat.lines)
     line_map = tuple(line.where for line in flat.lines)
@@ -468,6 +480,8 @@ class _Flattener:
         self._reads = 0
         self._current = 0
         self.legacy = Legacy(version, syntax, self._rewrite)
+        self.pre_tmp: Path | None = None
+        self.before_pre = False
 
     # reading files
 
@@ -508,6 +522,16 @@ class _Flattener:
         target = Path(name)
         if not target.is_absolute():
             target = where.path.parent / target
+        if name.startswith("/tmp/") and (self.before_pre or self.pre_tmp is not None):
+            if self.pre_tmp is None or not (self.pre_tmp / name[5:]).is_file():
+                if self.before_pre:
+                    return  # written by a %pre that has not run yet
+            else:
+                target = self.pre_tmp / name[5:]
+                if not target.resolve().is_relative_to(self.pre_tmp.resolve()):
+                    raise KickstartError(
+                        str(where.path), where.line, f"{kind} {name}: leaves %pre's /tmp"
+                    )
         target = target.resolve()
         if target in self._stack:
             chain = " -> ".join(p.name for p in [*self._stack, target])
@@ -525,8 +549,9 @@ class _Flattener:
             hint = "create the file or remove the line"
             if name.startswith(("/tmp/", "/run/")):
                 hint = (
-                    "it is probably written by a %pre script at install time; ksbake does not "
-                    "run %pre, so put its content in a file next to the kickstart"
+                    "it is probably written by a %pre script at install time, and no %pre "
+                    "wrote it: check the %pre script (ksbake runs it before partitioning, "
+                    "with its own /tmp), or put the content in a file next to the kickstart"
                 )
             raise KickstartError(
                 str(where.path), where.line, f"{kind} {name}: {target} does not exist", hint

@@ -51,20 +51,30 @@ def recorded_files(paths: Paths, name: str) -> list[str]:
 def step(paths: Paths, name: str) -> None:
     from ksbake import kickstart
     from ksbake.layers import CHAIN
-    from ksbake.layers.l1_kickstart import checks, partitions, system
+    from ksbake.layers.l1_kickstart import checks, partitions, pre, system
     from ksbake.runner import Source
 
     started = time.monotonic()
     conf = settings.load(name, paths.configs)
+    ks_file = paths.kickstart(name)
     with _setting(paths, name, "syntax"):
-        ks = kickstart.load(paths.kickstart(name), version=conf.syntax, compat=conf.compat)
-    for warning in ks.warnings:
+        ks = kickstart.load(ks_file, version=conf.syntax, compat=conf.compat, before_pre=True)
+    tables, pre_warnings = None, list[str]()
+    if pre.pre_scripts(ks):  # anaconda's order: %pre, then the partitioning it wrote
+        with _setting(paths, name, "disk_sizes"):
+            tables, tmp = pre.run(
+                ks, conf.disk_sizes, paths.build_dir(name), pre_warnings, conf.pre_timeout
+            )
+        ks = kickstart.load(ks_file, version=conf.syntax, compat=conf.compat, pre_tmp=tmp)
+    else:  # again without skipping: an %include of /tmp that nothing writes is an error
+        ks = kickstart.load(ks_file, version=conf.syntax, compat=conf.compat)
+    for warning in [*ks.warnings, *pre_warnings]:
         log.warning("%s", warning)
     system.check(ks)
     checks.check_sources(ks, conf, paths.settings(name))
     with _setting(paths, name, "disk_sizes"):
         plan, plan_warnings = partitions.plan_with_warnings(
-            ks, conf.disk_sizes, conf.memory, conf.firmware
+            ks, conf.disk_sizes, conf.memory, conf.firmware, tables
         )
     checks.check_layout(ks, plan)
     for warning in plan_warnings:

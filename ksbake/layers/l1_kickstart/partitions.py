@@ -56,6 +56,7 @@ from typing import Any
 from ksbake.errors import ConfigError, KickstartError
 from ksbake.kickstart import Kickstart
 from ksbake.layers.l1_kickstart.autopart import requests as generated_requests
+from ksbake.layers.l1_kickstart.pre import Table, onpart
 from ksbake.layers.l1_kickstart.volumes import (
     PE_START,
     PartRequest,
@@ -76,6 +77,7 @@ GROW_MIN_MIB = 1
 MAX_DISK_MIB = 16 * 2**20  # 16 TiB: the largest file ext4 (with 4 KiB blocks) can hold
 BIOSBOOT_DEFAULT_MIB = 1
 DEFAULT_MEMORY_MIB = 512
+BIOS_BOOT_GUID = "21686148-6449-6E6F-744E-656564454649"
 
 LEAD_MIB = 1
 """Space before the first partition (the MBR or the GPT header and table, then alignment)."""
@@ -95,6 +97,7 @@ def plan(
     disk_sizes: dict[str, int] | None = None,
     memory_mib: int = DEFAULT_MEMORY_MIB,
     firmware: str = "bios",
+    existing: dict[str, Table] | None = None,
 ) -> Plan:
     """The disk layout of ``ks``; ``disk_sizes`` (disk name -> bytes) fixes disk sizes,
     ``memory_mib`` sizes recommended swap, ``firmware`` decides what reqpart/autopart add.
@@ -103,7 +106,7 @@ def plan(
     disk size that does not fit the settings' rules. Warnings are dropped: use
     ``plan_with_warnings`` to show them.
     """
-    return plan_with_warnings(ks, disk_sizes, memory_mib, firmware)[0]
+    return plan_with_warnings(ks, disk_sizes, memory_mib, firmware, existing)[0]
 
 
 def plan_with_warnings(
@@ -111,6 +114,7 @@ def plan_with_warnings(
     disk_sizes: dict[str, int] | None = None,
     memory_mib: int = DEFAULT_MEMORY_MIB,
     firmware: str = "bios",
+    existing: dict[str, Table] | None = None,
 ) -> tuple[Plan, list[str]]:
     """``plan`` plus its warnings, each "file:line: message" (a duplicate mount point, a
     biosboot partition dropped on msdos, an option that does not apply)."""
@@ -132,7 +136,7 @@ def plan_with_warnings(
             )
             continue
         try:
-            requests.append(_request(ks, pd, default_disk, warnings, memory_mib))
+            requests.append(_request(ks, pd, default_disk, warnings, memory_mib, existing))
         except KickstartError as err:
             problems.append((pd.lineno, err))
     if problems:
@@ -150,8 +154,8 @@ def plan_with_warnings(
         )
 
     requests = _last_mount_wins(ks, requests, warnings)
-    if label == "msdos":
-        for r in [r for r in requests if r.fstype == "biosboot"]:
+    if label == "msdos":  # (a disk %pre partitioned has its own table)
+        for r in [r for r in requests if r.fstype == "biosboot" and r.onpart is None]:
             warnings.append(
                 f"{ks.line_of(r.where)}: a biosboot partition is only for GPT disks; "
                 "dropped on this msdos disk (use clearpart --disklabel=gpt to keep it)"
@@ -188,25 +192,22 @@ def plan_with_warnings(
     for vg in vgs:  # a disk without a size: grow PVs just enough for the group
         _fit_pvs(vg, [members[m] for m in vg.members], sizes)
     disks = [
-        _layout(ks, name, label, by_disk[name], sizes.get(name))
+        _layout_existing(ks, name, (existing or {})[name], by_disk[name], warnings)
+        if any(r.onpart for r in by_disk[name])
+        else _layout(ks, name, label, by_disk[name], sizes.get(name))
         for name in sorted(by_disk, key=lambda n: (len(n), n))
     ]
-    placed = {
-        r.member: (d.name, p.number, p.size)
-        for d in disks
-        for r, p in zip(_ordered(by_disk[d.name], d), d.partitions, strict=True)
-        if r.member
-    }
+    placed = {}
+    for d in disks:
+        by_number = {p.number: p for p in d.partitions}
+        for r in by_disk[d.name]:
+            if r.member:
+                placed[r.member] = (d.name, r.number, by_number[r.number].size)
     vg_plans = [allocate(ks, vg, [placed[m] for m in vg.members]) for vg in vgs]
     btrfs_plans = [btrfs_plan(vol, *placed[vol.member][:2]) for vol in vols if vol.subvolumes]
     return Plan(
         disks=tuple(disks), volume_groups=tuple(vg_plans), btrfs=tuple(btrfs_plans)
     ), warnings
-
-
-def _ordered(requests: list[PartRequest], disk: DiskPlan) -> list[PartRequest]:
-    """The requests of a placed disk in its partitions' order (``_layout`` reorders)."""
-    return sorted(requests, key=lambda r: r.placed_at)
 
 
 def _fit_pvs(vg: Any, pvs: list[PartRequest], fixed: dict[str, int]) -> None:
@@ -353,7 +354,12 @@ def _disklabel(ks: Kickstart, problems: list[tuple[int, KickstartError]]) -> str
 
 
 def _request(
-    ks: Kickstart, pd: Any, default_disk: str, warnings: list[str], memory_mib: int
+    ks: Kickstart,
+    pd: Any,
+    default_disk: str,
+    warnings: list[str],
+    memory_mib: int,
+    existing: dict[str, Table] | None,
 ) -> PartRequest:
     """Validate one part line and turn it into a request on its disk."""
 
@@ -366,13 +372,9 @@ def _request(
             "part --resize resizes an existing partition; an image starts blank",
             "drop --resize and --onpart and give the size with --size=MiB",
         )
+    on = None
     if getattr(pd, "onPart", ""):
-        raise fail(
-            f"part --onpart/--usepart={pd.onPart} uses an existing partition; an image "
-            "starts blank",
-            f"write 'part {raw_mount} --size=N' instead, N in MiB, with --ondisk=DISK "
-            "for a disk other than the first",
-        )
+        on = _onpart(ks, pd, existing)
     if not getattr(pd, "format", True):
         raise fail(
             "part --noformat keeps an existing filesystem; an image starts blank",
@@ -400,6 +402,9 @@ def _request(
 
     mountpoint, fstype = _mount_and_fstype(pd, fail)
     disk = _disk_name(ks, pd, pd.disk) if getattr(pd, "disk", "") else default_disk
+    if on is not None:
+        disk = on[0]
+        pd.size = pd.size or 1  # the partition %pre made decides
 
     grow = bool(pd.grow)
     size = pd.size
@@ -460,6 +465,7 @@ def _request(
         maxsize=maxsize,
         asprimary=bool(getattr(pd, "primOnly", False)),
         member=raw_mount if mountpoint is None and fstype in ("lvmpv", "btrfs") else None,
+        onpart=on,
         **extras,
     )
 
@@ -635,8 +641,8 @@ def _layout(
 
     partitions = []
     offset = LEAD_MIB
-    for i, (r, number, size) in enumerate(zip(ordered, numbers, sizes, strict=True)):
-        r.placed_at = i
+    for r, number, size in zip(ordered, numbers, sizes, strict=True):
+        r.number = number
         if r.logical:
             offset += EBR_MIB
         partitions.append(
@@ -656,6 +662,111 @@ def _layout(
         )
         offset += size
     return DiskPlan(name=name, size=disk_mib * MiB, label=label, partitions=tuple(partitions))
+
+
+def _onpart(ks: Kickstart, pd: Any, existing: dict[str, Table] | None) -> tuple[str, int]:
+    """(disk, number) of ``--onpart``: a partition the kickstart's %pre made."""
+    value = str(pd.onPart)
+    target = onpart(value)
+    if existing is None:
+        raise ks.error(
+            pd,
+            f"part --onpart/--usepart={value} uses an existing partition, and no %pre "
+            "script made one (an image starts blank)",
+            f"write 'part {pd.mountpoint} --size=N' instead (N in MiB), or create the "
+            "partition in %pre (e.g. parted /dev/vda mkpart ...)",
+        )
+    if target is None or target[1] not in getattr(existing.get(target[0]), "partitions", {}):
+        made = ", ".join(f"{d}{n}" for d, t in existing.items() for n in sorted(t.partitions))
+        raise ks.error(
+            pd,
+            f"part --onpart={value}: %pre made no such partition",
+            f"%pre made: {made or 'no partition at all'}",
+        )
+    return target
+
+
+def _layout_existing(
+    ks: Kickstart, name: str, table: Table, requests: list[PartRequest], warnings: list[str]
+) -> DiskPlan:
+    """A disk %pre partitioned: a part line with --onpart keeps that partition's number, start
+    and size, the others go into the free space after them; a BIOS boot partition no line
+    names stays."""
+    used = {r.onpart[1]: r for r in requests if r.onpart}
+    ordered = sorted(used.items())
+    partitions = []
+    for number, r in ordered:
+        start, size, _ = table.partitions[number]
+        r.number = number
+        partitions.append(
+            PartitionPlan(
+                number=number,
+                mountpoint=r.mountpoint,
+                fstype=r.fstype,
+                start=start,
+                size=size,
+                label=r.label,
+                fsoptions=r.fsoptions,
+                mkfsoptions=r.mkfsoptions,
+                fsprofile=r.fsprofile,
+                logical=table.label == "msdos" and number > MSDOS_MAX_PRIMARY,
+                vg=r.vg,
+            )
+        )
+    new = [r for r in requests if r.onpart is None]
+    if new:  # anaconda puts them in the free space after what %pre made
+        partitions += _after_existing(ks, name, table, new)
+    for number, (start, size, kind) in sorted(table.partitions.items()):
+        if number in used:
+            continue
+        if kind.upper() == BIOS_BOOT_GUID:
+            partitions.append(PartitionPlan(number, None, "biosboot", start, size))
+        else:
+            warnings.append(
+                f"{ks.line_of(requests[0].where)}: %pre made {name}{number}, which no part "
+                "line uses: left out of the image"
+            )
+    partitions.sort(key=lambda p: p.start)
+    return DiskPlan(name=name, size=table.size, label=table.label, partitions=tuple(partitions))
+
+
+def _after_existing(
+    ks: Kickstart, name: str, table: Table, new: list[PartRequest]
+) -> list[PartitionPlan]:
+    """Partitions for part lines without --onpart, after the last one %pre made: the
+    lowest free numbers, --grow sharing what is left (GPT keeps 1 MiB for its backup)."""
+    end = max((s + n for s, n, _ in table.partitions.values()), default=LEAD_MIB * MiB)
+    first = -(-end // MiB)  # MiB-aligned
+    room = table.size // MiB - first - (GPT_TAIL_MIB if table.label == "gpt" else 0)
+    base = sum(r.size for r in new)
+    if base > room:
+        raise ks.error(
+            new[0].where,
+            f"disk {name}: the part lines without --onpart need {base} MiB, and %pre left "
+            f"{max(room, 0)} MiB free after its partitions",
+            "shrink them, or give the disk more room in disk_sizes",
+        )
+    sizes = [r.size + e for r, e in zip(new, _grow(new, room - base), strict=True)]
+    numbers = (n for n in range(1, 1000) if n not in table.partitions)
+    out, at = [], first
+    for r, size in zip(new, sizes, strict=True):
+        r.number = next(numbers)
+        out.append(
+            PartitionPlan(
+                number=r.number,
+                mountpoint=r.mountpoint,
+                fstype=r.fstype,
+                start=at * MiB,
+                size=size * MiB,
+                label=r.label,
+                fsoptions=r.fsoptions,
+                mkfsoptions=r.mkfsoptions,
+                fsprofile=r.fsprofile,
+                vg=r.vg,
+            )
+        )
+        at += size
+    return out
 
 
 def _special(r: PartRequest) -> bool:

@@ -73,8 +73,9 @@ class PartRequest:
     mkfsoptions: str | None
     fsprofile: str | None
     logical: bool = False
-    placed_at: int = 0  # its index on the disk once placed
+    number: int = 0  # its number in the partition table, once placed
     member: str | None = None  # pv.N or btrfs.N: a member of a volume group or btrfs volume
+    onpart: tuple[str, int] | None = None  # (disk, number) of a partition %pre made
     vg: str | None = None  # lvmpv: its volume group
 
 

@@ -24,8 +24,6 @@ with the same kernel give the same bytes.
 
 from __future__ import annotations
 
-import ctypes
-import fcntl
 import json
 import os
 import string
@@ -36,11 +34,9 @@ from pathlib import Path
 from ksbake.errors import BuildError
 from ksbake.layers.l5_disks.model import Ids
 from ksbake.layout import SECTOR, Plan, VolumeGroupPlan
+from ksbake.loopdev import loop_attach
 from ksbake.run import run, which
 
-LOOP_CTL_GET_FREE = 0x4C82
-LOOP_CONFIGURE = 0x4C0A
-LO_FLAGS_AUTOCLEAR = 4
 FAKETIME_LIBS = (
     "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
     "/usr/lib64/faketime/libfaketime.so.1",
@@ -48,66 +44,6 @@ FAKETIME_LIBS = (
 )
 HOSTNAME = "ksbake"
 _UUID_CHARS = string.ascii_letters + string.digits
-
-
-class _LoopInfo64(ctypes.Structure):
-    _fields_ = [
-        ("lo_device", ctypes.c_uint64),
-        ("lo_inode", ctypes.c_uint64),
-        ("lo_rdevice", ctypes.c_uint64),
-        ("lo_offset", ctypes.c_uint64),
-        ("lo_sizelimit", ctypes.c_uint64),
-        ("lo_number", ctypes.c_uint32),
-        ("lo_encrypt_type", ctypes.c_uint32),
-        ("lo_encrypt_key_size", ctypes.c_uint32),
-        ("lo_flags", ctypes.c_uint32),
-        ("lo_file_name", ctypes.c_uint8 * 64),
-        ("lo_crypt_name", ctypes.c_uint8 * 64),
-        ("lo_encrypt_key", ctypes.c_uint8 * 32),
-        ("lo_init", ctypes.c_uint64 * 2),
-    ]
-
-
-class _LoopConfig(ctypes.Structure):
-    _fields_ = [
-        ("fd", ctypes.c_uint32),
-        ("block_size", ctypes.c_uint32),
-        ("info", _LoopInfo64),
-        ("reserved", ctypes.c_uint64 * 8),
-    ]
-
-
-@contextmanager
-def loop_attach(image: Path, offset: int, size: int) -> Iterator[str]:
-    """A loop device for ``size`` bytes of ``image`` at ``offset``, auto-cleared when the
-    last descriptor closes: the one held here for the duration (or the process's death)."""
-    backing = os.open(image, os.O_RDWR | os.O_CLOEXEC)
-    try:
-        ctl = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
-        try:
-            for _ in range(16):  # another process may take the free device first
-                number = fcntl.ioctl(ctl, LOOP_CTL_GET_FREE)
-                dev = f"/dev/loop{number}"
-                fd = os.open(dev, os.O_RDWR | os.O_CLOEXEC)
-                config = _LoopConfig(fd=backing)
-                config.info.lo_offset = offset
-                config.info.lo_sizelimit = size
-                config.info.lo_flags = LO_FLAGS_AUTOCLEAR
-                try:
-                    fcntl.ioctl(fd, LOOP_CONFIGURE, config)
-                    break
-                except OSError:
-                    os.close(fd)
-            else:
-                raise BuildError("could not attach a loop device (all taken)")
-        finally:
-            os.close(ctl)
-    finally:
-        os.close(backing)  # the loop device holds its own reference
-    try:
-        yield dev
-    finally:
-        os.close(fd)
 
 
 def pv_uuid(ids: Ids, *what: str) -> str:
