@@ -148,6 +148,17 @@ def fails(ws: Workspace, *needles: str, target: str = "appliance:demo") -> Resul
     return r
 
 
+def guest_mounts(ws: Workspace, name: str = "demo") -> dict[str, tuple[str, str]]:
+    """mountpoint -> (device, fstype) from the guest's KSBAKE-MOUNT lines."""
+    log = (ws.cache / "build" / name / "boot.log").read_text(errors="replace")
+    out = {}
+    for line in log.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[0] == "KSBAKE-MOUNT" and fields[1].startswith("/dev/"):
+            out[fields[2]] = (fields[1], fields[3])
+    return out
+
+
 def demo_kickstart() -> str:
     return (PROJECT / "configs" / "demo.ks").read_text()
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Workspace, demo_kickstart, fails, ok
+from conftest import Workspace, demo_kickstart, fails, guest_mounts, ok
 
 pytestmark = pytest.mark.slow
 
@@ -28,17 +28,6 @@ def with_parts(parts: str, disklabel: str = "msdos") -> str:
     return text.replace("--disklabel=msdos", f"--disklabel={disklabel}")
 
 
-def mounts(ws: Workspace, name: str) -> dict[str, tuple[str, str]]:
-    """mountpoint -> (device, fstype) from the guest's KSBAKE-MOUNT lines."""
-    log = (ws.cache / "build" / name / "boot.log").read_text(errors="replace")
-    out = {}
-    for line in log.splitlines():
-        fields = line.split()
-        if len(fields) >= 4 and fields[0] == "KSBAKE-MOUNT" and fields[1].startswith("/dev/"):
-            out[fields[2]] = (fields[1], fields[3])
-    return out
-
-
 @pytest.mark.boot
 def test_demo_bios_msdos_boots(workspace: Workspace) -> None:
     workspace.write("demo.ks", demo_kickstart())
@@ -46,7 +35,7 @@ def test_demo_bios_msdos_boots(workspace: Workspace) -> None:
     ok(r)
     assert "boottest:demo: 'login:' on the serial console after" in r.out
     assert "bootloader: i386-pc: host grub-mkimage" in r.out  # which GRUB, in the summary
-    seen = mounts(workspace, "demo")
+    seen = guest_mounts(workspace, "demo")
     assert seen["/"] == ("/dev/vda2", "ext4") and seen["/boot"] == ("/dev/vda1", "ext4")
     # a second run boots nothing and builds nothing
     again = workspace.doit("appliance:demo", "boottest:demo")
@@ -61,7 +50,7 @@ def test_gpt_biosboot_boots(workspace: Workspace) -> None:
         with_parts("part biosboot --fstype=biosboot --size=1\n" + DEMO_PARTS, disklabel="gpt"),
     )
     ok(workspace.doit("boottest:demo"))
-    assert set(mounts(workspace, "demo")) >= {"/", "/boot"}
+    assert set(guest_mounts(workspace, "demo")) >= {"/", "/boot"}
 
 
 @pytest.mark.boot
@@ -72,7 +61,7 @@ def test_ext4_boot_beside_an_xfs_root_boots(workspace: Workspace) -> None:
     )
     workspace.write("demo.ks", with_parts(parts))
     ok(workspace.doit("boottest:demo"))
-    seen = mounts(workspace, "demo")
+    seen = guest_mounts(workspace, "demo")
     assert seen["/"] == ("/dev/vda2", "xfs") and seen["/boot"] == ("/dev/vda1", "ext4")
 
 
@@ -86,7 +75,7 @@ def test_uefi_boots_with_ovmf(workspace: Workspace) -> None:
     r = workspace.doit("boottest:demo")
     ok(r)
     assert "(uefi, accel=tcg" in r.out
-    assert mounts(workspace, "demo")["/boot/efi"][1] == "vfat"
+    assert guest_mounts(workspace, "demo")["/boot/efi"][1] == "vfat"
 
 
 @pytest.mark.boot
@@ -103,7 +92,7 @@ def test_two_disks_like_ovirt_wui_mount_data(workspace: Workspace) -> None:
     workspace.write("wui.toml", '[disk_sizes]\nsdb = "128MiB"\n')
     r = workspace.doit("boottest:wui")
     ok(r)
-    seen = mounts(workspace, "wui")
+    seen = guest_mounts(workspace, "wui")
     assert seen["/data"] == ("/dev/vdb1", "ext4")
     assert seen["/boot"][0].startswith("/dev/vda")
     key = json.loads((workspace.cache / "build/wui/bootloader.ref").read_text())["key"]
@@ -162,8 +151,8 @@ def test_unknown_fstype_and_unsupported_construct(workspace: Workspace) -> None:
         "demo.ks", demo_kickstart().replace("--fstype=ext4 --size=64", "--fstype=ntfs --size=64")
     )
     fails(workspace, "demo.ks:12", "ntfs")
-    workspace.write("demo.ks", demo_kickstart().replace(DEMO_PARTS, "autopart --type=plain\n"))
-    fails(workspace, "demo.ks:12", "autopart", "part ")
+    workspace.write("demo.ks", demo_kickstart().replace(DEMO_PARTS, "autopart --type=thinp\n"))
+    fails(workspace, "demo.ks:12", "autopart --type=thinp is not supported", "--type=lvm")
 
 
 def test_no_kernel_in_the_tree(workspace: Workspace) -> None:

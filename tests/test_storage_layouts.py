@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import Workspace, demo_kickstart, fails, ok
+from conftest import Workspace, demo_kickstart, fails, guest_mounts, ok
 
 pytestmark = pytest.mark.slow
 
@@ -147,8 +147,8 @@ def test_classic_lvm_layout_is_read_back_by_lvm2(workspace: Workspace) -> None:
     by_mount = {fs["mountpoint"]: fs for fs in result["filesystems"]}
     root = by_mount["/"]
     assert root["lv"] == "VolGroup00/LogVol00"
-    assert blkid(image, root["start"]) | {} == {**blkid(image, root["start"]), "TYPE": "ext4"}
-    assert blkid(image, root["start"])["UUID"] == root["uuid"]
+    probed = blkid(image, root["start"])
+    assert (probed["TYPE"], probed["UUID"]) == ("ext4", root["uuid"])
     fstab = result["fstab"]
     assert f"UUID={root['uuid']} /" in fstab and " swap " in fstab
     # the partition type says LVM
@@ -212,9 +212,10 @@ def test_fedora_btrfs_subvolumes_hold_their_trees(workspace: Workspace) -> None:
     subs = {fs["mountpoint"]: fs for fs in result["filesystems"] if fs["subvol"]}
     assert {m: s["subvol"] for m, s in subs.items()} == {"/": "root", "/home": "home"}
     root = subs["/"]
-    assert f"UUID={root['uuid']} /     btrfs subvol=root" in result["fstab"] or (
-        "btrfs subvol=root" in result["fstab"]
-    )
+    rows = [line.split() for line in result["fstab"].splitlines() if not line.startswith("#")]
+    by_mount = {row[1]: row for row in rows}
+    assert by_mount["/"][:4] == [f"UUID={root['uuid']}", "/", "btrfs", "subvol=root"]
+    assert by_mount["/home"][:4] == [f"UUID={root['uuid']}", "/home", "btrfs", "subvol=home"]
     image = disk_file(workspace, "sda")
     assert blkid(image, root["start"])["LABEL"] == "fedora"
     with tempfile.TemporaryDirectory() as mnt:
@@ -283,17 +284,6 @@ def test_bad_storage_input_is_one_line_at_its_kickstart_line(workspace: Workspac
     assert not (workspace.cache / "build" / "demo" / "disks.ref").exists()  # nothing cached
 
 
-def guest_mounts(ws: Workspace, name: str = "demo") -> dict[str, tuple[str, str]]:
-    """mountpoint -> (device, fstype) from the guest's KSBAKE-MOUNT lines."""
-    log = (ws.cache / "build" / name / "boot.log").read_text(errors="replace")
-    out = {}
-    for line in log.splitlines():
-        fields = line.split()
-        if len(fields) >= 4 and fields[0] == "KSBAKE-MOUNT" and fields[1].startswith("/dev/"):
-            out[fields[2]] = (fields[1], fields[3])
-    return out
-
-
 @pytest.mark.boot
 def test_classic_lvm_appliance_boots_with_its_root_on_the_logical_volume(
     workspace: Workspace,
@@ -316,3 +306,38 @@ def test_fedora_btrfs_appliance_boots_with_root_and_home_subvolumes(
     assert seen["/"] == ("/dev/vda2", "btrfs") and seen["/home"] == ("/dev/vda2", "btrfs")
     log = (workspace.cache / "build" / "demo" / "boot.log").read_text(errors="replace")
     assert "subvol=/root" in log and "subvol=/home" in log
+
+
+@pytest.mark.boot
+def test_a_root_volume_spanning_two_disks_boots(workspace: Workspace) -> None:
+    workspace.write("demo.ks", with_parts(TWO_DISK_LVM))
+    ok(workspace.doit("boottest:demo"))
+    assert guest_mounts(workspace)["/"] == ("/dev/mapper/vg0-root", "ext4")
+
+
+AUTOPART = pytest.mark.parametrize(
+    ("options", "firmware", "root"),
+    [
+        ("--type=plain", "bios", ("/dev/vda3", "ext4")),  # biosboot, /boot, /
+        ("--type=lvm", "uefi", ("/dev/mapper/fedora_demo-root", "ext4")),
+        ("--type=btrfs", "bios", ("/dev/vda3", "btrfs")),
+    ],
+)
+
+
+@pytest.mark.boot
+@AUTOPART
+def test_autopart_appliances_boot(
+    workspace: Workspace, options: str, firmware: str, root: tuple[str, str]
+) -> None:
+    text = with_parts(f"autopart {options}\n").replace(
+        "clearpart --all --initlabel --disklabel=msdos\n", "clearpart --all --initlabel\n"
+    )
+    workspace.write("demo.ks", text)
+    workspace.write("demo.toml", f'firmware = "{firmware}"\ndisk_sizes = {{ sda = "4GiB" }}\n')
+    ok(workspace.doit("boottest:demo"))
+    seen = guest_mounts(workspace)
+    assert seen["/"] == root, seen
+    assert seen["/boot"][1] == "ext4"
+    if options == "--type=btrfs":
+        assert seen["/home"] == ("/dev/vda3", "btrfs")

@@ -645,21 +645,7 @@ def _layout(
         r.number = number
         if r.logical:
             offset += EBR_MIB
-        partitions.append(
-            PartitionPlan(
-                number=number,
-                mountpoint=r.mountpoint,
-                fstype=r.fstype,
-                start=offset * MiB,
-                size=size * MiB,
-                label=r.label,
-                fsoptions=r.fsoptions,
-                mkfsoptions=r.mkfsoptions,
-                fsprofile=r.fsprofile,
-                logical=r.logical,
-                vg=r.vg,
-            )
-        )
+        partitions.append(_placed(r, number, offset * MiB, size * MiB, r.logical))
         offset += size
     return DiskPlan(name=name, size=disk_mib * MiB, label=label, partitions=tuple(partitions))
 
@@ -698,21 +684,8 @@ def _layout_existing(
     for number, r in ordered:
         start, size, _ = table.partitions[number]
         r.number = number
-        partitions.append(
-            PartitionPlan(
-                number=number,
-                mountpoint=r.mountpoint,
-                fstype=r.fstype,
-                start=start,
-                size=size,
-                label=r.label,
-                fsoptions=r.fsoptions,
-                mkfsoptions=r.mkfsoptions,
-                fsprofile=r.fsprofile,
-                logical=table.label == "msdos" and number > MSDOS_MAX_PRIMARY,
-                vg=r.vg,
-            )
-        )
+        logical = table.label == "msdos" and number > MSDOS_MAX_PRIMARY
+        partitions.append(_placed(r, number, start, size, logical))
     new = [r for r in requests if r.onpart is None]
     if new:  # anaconda puts them in the free space after what %pre made
         partitions += _after_existing(ks, name, table, new)
@@ -751,22 +724,28 @@ def _after_existing(
     out, at = [], first
     for r, size in zip(new, sizes, strict=True):
         r.number = next(numbers)
-        out.append(
-            PartitionPlan(
-                number=r.number,
-                mountpoint=r.mountpoint,
-                fstype=r.fstype,
-                start=at * MiB,
-                size=size * MiB,
-                label=r.label,
-                fsoptions=r.fsoptions,
-                mkfsoptions=r.mkfsoptions,
-                fsprofile=r.fsprofile,
-                vg=r.vg,
-            )
-        )
+        out.append(_placed(r, r.number, at * MiB, size * MiB))
         at += size
     return out
+
+
+def _placed(
+    r: PartRequest, number: int, start: int, size: int, logical: bool = False
+) -> PartitionPlan:
+    """The plan of a request placed as partition ``number`` at ``start`` (bytes)."""
+    return PartitionPlan(
+        number=number,
+        mountpoint=r.mountpoint,
+        fstype=r.fstype,
+        start=start,
+        size=size,
+        label=r.label,
+        fsoptions=r.fsoptions,
+        mkfsoptions=r.mkfsoptions,
+        fsprofile=r.fsprofile,
+        logical=logical,
+        vg=r.vg,
+    )
 
 
 def _special(r: PartRequest) -> bool:
