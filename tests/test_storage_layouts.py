@@ -319,6 +319,7 @@ AUTOPART = pytest.mark.parametrize(
     ("options", "firmware", "root"),
     [
         ("--type=plain", "bios", ("/dev/vda3", "ext4")),  # biosboot, /boot, /
+        ("--type=lvm", "bios", ("/dev/mapper/fedora_demo-root", "ext4")),
         ("--type=lvm", "uefi", ("/dev/mapper/fedora_demo-root", "ext4")),
         ("--type=btrfs", "bios", ("/dev/vda3", "btrfs")),
     ],
