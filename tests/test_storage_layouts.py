@@ -178,6 +178,25 @@ def test_a_volume_group_spans_two_disks(workspace: Workspace) -> None:
     assert fs["start"] is None and fs["lv"] == "vg0/root"
 
 
+def test_nested_xfs_volumes_each_get_their_own_filesystem(workspace: Workspace) -> None:
+    """The oVirt appliance's shape: /var and /var/log both xfs volumes of one group."""
+    parts = (
+        "part /boot --fstype=ext4 --size=64\npart pv.01 --size=1 --grow\nvolgroup vg pv.01\n"
+        "logvol / --vgname=vg --name=root --size=256 --fstype=ext4\n"
+        "logvol /var --vgname=vg --name=var --size=320 --fstype=xfs\n"
+        "logvol /var/log --vgname=vg --name=log --size=320 --fstype=xfs\n"
+    )
+    workspace.write("demo.ks", with_parts(parts))
+    ok(workspace.doit("disks:demo"))
+    result = disks_result(workspace)
+    image = disk_file(workspace, "sda")
+    by_mount = {fs["mountpoint"]: fs for fs in result["filesystems"] if fs["mountpoint"]}
+    for mp in ("/var", "/var/log"):
+        probed = blkid(image, by_mount[mp]["start"])
+        assert (probed["TYPE"], probed["UUID"]) == ("xfs", by_mount[mp]["uuid"])
+    assert by_mount["/var"]["uuid"] != by_mount["/var/log"]["uuid"]
+
+
 def test_lvm_images_are_the_same_bytes_when_built_twice(workspace: Workspace) -> None:
     """Same inputs, same bytes: UUIDs from the key, lvm2's creation time and host fixed."""
     workspace.write("demo.ks", with_parts(CLASSIC_LVM))

@@ -157,6 +157,8 @@ class Kickstart:
     """The flattened (and, in compat mode, rewritten) text pykickstart parsed."""
     line_map: tuple[Location, ...]
     """line_map[n - 1] is the origin of flattened line n."""
+    pending: tuple[str, ...] = ()
+    """``before_pre``: the ``%include /tmp/...`` files skipped (a %pre would write them)."""
 
     def line_of(self, where: int | Any) -> Location:
         """Map a flattened line number, or a pykickstart object with ``.lineno``, to its
@@ -246,6 +248,7 @@ def load(
         sections=canonical_sections(handler),
         text=text,
         line_map=line_map,
+        pending=tuple(flat.pending),
     )
 
 
@@ -482,6 +485,7 @@ class _Flattener:
         self.legacy = Legacy(version, syntax, self._rewrite)
         self.pre_tmp: Path | None = None
         self.before_pre = False
+        self.pending: list[str] = []
 
     # reading files
 
@@ -525,6 +529,7 @@ class _Flattener:
         if name.startswith("/tmp/") and (self.before_pre or self.pre_tmp is not None):
             if self.pre_tmp is None or not (self.pre_tmp / name[5:]).is_file():
                 if self.before_pre:
+                    self.pending.append(name)
                     return  # written by a %pre that has not run yet
             else:
                 target = self.pre_tmp / name[5:]

@@ -194,7 +194,7 @@ CHAIN: tuple[Layer, ...] = (
     ),
     Layer(
         name="disks",
-        version=4,  # 3: tables by sfdisk; 4: every inode's atime and ctime the epoch
+        version=5,  # 3: tables by sfdisk; 4: every inode's atime and ctime the epoch; 5: LVs
         doc="partitioned raw disks",
         inputs=disks_inputs,
         unkeyed=disks_unkeyed,

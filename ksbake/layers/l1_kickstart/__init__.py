@@ -66,7 +66,7 @@ def step(paths: Paths, name: str) -> None:
                 ks, conf.disk_sizes, paths.build_dir(name), pre_warnings, conf.pre_timeout
             )
         ks = kickstart.load(ks_file, version=conf.syntax, compat=conf.compat, pre_tmp=tmp)
-    else:  # again without skipping: an %include of /tmp that nothing writes is an error
+    elif ks.pending:  # again without skipping: an %include that nothing writes is an error
         ks = kickstart.load(ks_file, version=conf.syntax, compat=conf.compat)
     for warning in [*ks.warnings, *pre_warnings]:
         log.warning("%s", warning)

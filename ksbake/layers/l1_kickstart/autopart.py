@@ -220,11 +220,6 @@ def _part(
         size=size,
         grow=grow,
         maxsize=maxsize,
-        asprimary=False,
-        label=None,
-        fsoptions=None,
-        mkfsoptions=None,
-        fsprofile=None,
         member=member,
     )
 

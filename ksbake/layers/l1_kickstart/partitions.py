@@ -63,6 +63,7 @@ from ksbake.layers.l1_kickstart.volumes import (
     allocate,
     btrfs_plan,
     btrfs_volumes,
+    swap_suggestion,
     volume_groups,
 )
 from ksbake.layout import ALIGN, FSTYPES, DiskPlan, MiB, PartitionPlan, Plan
@@ -402,15 +403,12 @@ def _request(
 
     mountpoint, fstype = _mount_and_fstype(pd, fail)
     disk = _disk_name(ks, pd, pd.disk) if getattr(pd, "disk", "") else default_disk
+    size = pd.size
     if on is not None:
-        disk = on[0]
-        pd.size = pd.size or 1  # the partition %pre made decides
+        disk, size = on[0], size or 1  # the partition %pre made decides its size
 
     grow = bool(pd.grow)
-    size = pd.size
     if recommended:  # anaconda's suggestion, from the appliance's memory setting
-        from ksbake.layers.l1_kickstart.volumes import swap_suggestion
-
         size = swap_suggestion(memory_mib, getattr(pd, "hibernation", False))
     if size is None:
         if fstype == "biosboot":

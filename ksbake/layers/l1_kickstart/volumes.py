@@ -33,6 +33,7 @@ build does not have), mounted at MNT unless ``none``; ``btrfs MNT --subvol --nam
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,11 +68,11 @@ class PartRequest:
     size: int  # MiB
     grow: bool
     maxsize: int | None  # MiB
-    asprimary: bool
-    label: str | None
-    fsoptions: str | None
-    mkfsoptions: str | None
-    fsprofile: str | None
+    asprimary: bool = False
+    label: str | None = None
+    fsoptions: str | None = None
+    mkfsoptions: str | None = None
+    fsprofile: str | None = None
     logical: bool = False
     number: int = 0  # its number in the partition table, once placed
     member: str | None = None  # pv.N or btrfs.N: a member of a volume group or btrfs volume
@@ -232,8 +233,6 @@ def _lv_request(
     if raw == "swap":
         mountpoint, fstype = None, "swap"
     elif raw.startswith("/") and ".." not in raw.split("/"):
-        import posixpath
-
         mountpoint = posixpath.normpath(raw)
         fstype = fstype or "ext4"
     elif raw.lower() == "none":
@@ -486,8 +485,6 @@ def btrfs_plan(vol: BtrfsRequest, disk: str, number: int) -> BtrfsPlan:
 
 
 def _abs_mount(ks: Kickstart, line: Any, raw: str) -> str:
-    import posixpath
-
     if not raw.startswith("/") or ".." in raw.split("/"):
         raise ks.error(
             line,

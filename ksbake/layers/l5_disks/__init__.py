@@ -373,9 +373,7 @@ def _prepare(fs: Fs, ids: Ids, epoch: int, scratch: Path, mounts: Mounts) -> Non
     elif t == "xfs":
         _prepare_xfs(fs, scratch, mounts)
     elif t == "swap":
-        tmp = _sparse(
-            scratch / f"swap-{fs.disk.name}-{p.number}-{fs.lv or ''}".replace("/", "-"), p.size
-        )
+        tmp = _sparse(scratch / f"swap-{fs.ident}", p.size)
         user = _split_opts(p)
         _forbid(fs, user, ("-U",), "ksbake sets the UUID")
         argv = ["mkswap", "-U", str(fs.uuid), *(["-L", p.label] if p.label else []), *user]

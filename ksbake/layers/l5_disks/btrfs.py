@@ -35,13 +35,13 @@ def _prepare_btrfs(fs: Fs, scratch: Path, mounts: Mounts) -> None:
         )
     user = _split_opts(p)
     _forbid(fs, user, ("-U", "--uuid"), "ksbake sets the UUID")
-    tmp = _sparse(scratch / f"btrfs-{fs.disk.name}-{p.number}", p.size)
+    tmp = _sparse(scratch / f"btrfs-{fs.ident}", p.size)
     argv = ["mkfs.btrfs", "-q", "-f", "-U", str(fs.uuid), *(["-L", p.label] if p.label else [])]
     run([*argv, *user, str(tmp)], what=f"making btrfs on {fs.where}")
     splice(tmp, fs.image, p.start)
     tmp.unlink()
-    fs.mnt = scratch / f"mnt-{fs.disk.name}-{p.number}"
-    _mount(fs, mounts)
+    fs.mnt = scratch / f"mnt-{fs.ident}"
+    mounts.partition(fs, "btrfs")
     vfs = os.statvfs(fs.mnt)
     mounts.umount(fs.mnt)
     fs.capacity = vfs.f_bavail * vfs.f_frsize
@@ -54,20 +54,10 @@ def _prepare_btrfs(fs: Fs, scratch: Path, mounts: Mounts) -> None:
         fs.need += blocks * bs + c.inodes * 2 * 512
 
 
-def _mount(fs: Fs, mounts: Mounts) -> None:
-    assert fs.mnt is not None
-    p = fs.part
-    mounts.mount(
-        ["-t", "btrfs", "-o", f"loop,offset={p.start},sizelimit={p.size}", str(fs.image)],
-        fs.mnt,
-        f"mounting the btrfs of {fs.where}",
-    )
-
-
 def _populate_btrfs(fs: Fs, mounts: Mounts) -> None:
     """The volume's own files at its top level, then each subvolume's."""
     assert fs.mnt is not None
-    _mount(fs, mounts)
+    mounts.partition(fs, "btrfs")
     try:
         if fs.mountpoint and (src := fs.source) is not None:
             _copy(fs, src, fs.mnt)

@@ -57,7 +57,7 @@ def _ext_argv(fs: Fs, ids: Ids, offset: int | None, source: Path | None) -> list
             raise BuildError(f"{fs.where}: --mkfsoptions may not set the offset")
     ext = [
         *([f"offset={offset}"] if offset is not None else []),
-        f"hash_seed={ids.hash_seed(fs.disk.name, p.number)}",
+        f"hash_seed={ids.hash_seed(fs.disk.name, p.number, fs.lv)}",
         "root_owner=0:0",
         "lazy_itable_init=1",
         "lazy_journal_init=1",
@@ -82,7 +82,7 @@ def _ext_env(epoch: int) -> dict[str, str]:
 def _prepare_ext(fs: Fs, ids: Ids, epoch: int, scratch: Path) -> None:
     """Dry run: the same mkfs, empty, on a sparse temp file; dumpe2fs tells the free room."""
     p = fs.part
-    tmp = _sparse(scratch / f"ext-{fs.disk.name}-{p.number}", p.size)
+    tmp = _sparse(scratch / f"ext-{fs.ident}", p.size)
     try:
         run(
             [*_ext_argv(fs, ids, None, None), str(tmp), f"{p.size // 1024}k"],

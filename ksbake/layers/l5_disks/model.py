@@ -54,8 +54,9 @@ class Ids:
     def fs_uuid(self, disk: str, number: int) -> str:
         return str(self.guid("fs", disk, str(number)))
 
-    def hash_seed(self, disk: str, number: int) -> str:
-        return str(self.guid("hash-seed", disk, str(number)))
+    def hash_seed(self, disk: str, number: int, lv: str | None = None) -> str:
+        """A partition's by disk and number; a logical volume's by its VG/LV name."""
+        return str(self.guid("hash-seed", lv) if lv else self.guid("hash-seed", disk, str(number)))
 
     def fat_volid(self, disk: str, number: int) -> str:
         return self.digest("volid", disk, str(number))[:4].hex().upper()
@@ -120,6 +121,11 @@ class Fs:
             vol = f"{self.volume.disk.name} partition {self.volume.part.number}"
             return f"{what} (btrfs subvolume {self.subvol}, {vol})"
         return f"{what} ({self.part.fstype}, {self.disk.name} partition {self.part.number})"
+
+    @property
+    def ident(self) -> str:
+        """Names this filesystem's scratch files: ``sda-2``, or ``VG-LV`` for a volume."""
+        return self.lv.replace("/", "-") if self.lv else f"{self.disk.name}-{self.part.number}"
 
     @property
     def formatted(self) -> bool:

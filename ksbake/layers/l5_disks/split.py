@@ -71,6 +71,18 @@ class Mounts:
         run(["mount", *args, str(target)], what=what)
         self.points.append(target)
 
+    def partition(self, fs: Fs, fstype: str, *options: str) -> None:
+        """An offset loop mount of ``fs``'s partition at ``fs.mnt`` (xfs, btrfs): the loop
+        device is cleared with the mount, also when the namespace dies."""
+        assert fs.mnt is not None
+        p = fs.part
+        opts = ",".join(["loop", *options, f"offset={p.start}", f"sizelimit={p.size}"])
+        self.mount(
+            ["-t", fstype, "-o", opts, str(fs.image)],
+            fs.mnt,
+            f"mounting the {fstype} of {fs.where}",
+        )
+
     def overlay(self, lower: list[Path], target: Path) -> None:
         """A read-only overlay of ``lower`` (topmost first; at least two)."""
         opts = "ro,lowerdir=" + ":".join(str(p) for p in lower)

@@ -24,7 +24,7 @@ def _prepare_xfs(fs: Fs, scratch: Path, mounts: Mounts) -> None:
             f"{fs.where}: --mkfsoptions may not set the UUID: ksbake derives it from the build",
             hint="remove -m uuid=... from the kickstart's part line",
         )
-    tmp = _sparse(scratch / f"xfs-{fs.disk.name}-{p.number}", p.size)
+    tmp = _sparse(scratch / f"xfs-{fs.ident}", p.size)
     argv = ["mkfs.xfs", "-q", "-f", "-m", f"uuid={fs.uuid}"]
     if p.label:
         argv += ["-L", p.label]
@@ -40,8 +40,8 @@ def _prepare_xfs(fs: Fs, scratch: Path, mounts: Mounts) -> None:
         raise
     splice(tmp, fs.image, p.start)
     tmp.unlink()
-    fs.mnt = scratch / f"mnt-{fs.disk.name}-{p.number}"
-    _mount(fs, mounts)
+    fs.mnt = scratch / f"mnt-{fs.ident}"
+    mounts.partition(fs, "xfs", "nouuid")
     vfs = os.statvfs(fs.mnt)
     mounts.umount(fs.mnt)  # until it is filled: mke2fs refuses an image file that is mounted
     fs.capacity = vfs.f_bavail * vfs.f_frsize
@@ -52,21 +52,10 @@ def _prepare_xfs(fs: Fs, scratch: Path, mounts: Mounts) -> None:
     fs.need = blocks * bs + c.inodes * 512
 
 
-def _mount(fs: Fs, mounts: Mounts) -> None:
-    """An offset loop mount of the partition (the loop device is cleared with the mount)."""
-    assert fs.mnt is not None
-    p = fs.part
-    mounts.mount(
-        ["-t", "xfs", "-o", f"loop,nouuid,offset={p.start},sizelimit={p.size}", str(fs.image)],
-        fs.mnt,
-        f"mounting the xfs of {fs.where}",
-    )
-
-
 def _populate_xfs(fs: Fs, mounts: Mounts) -> None:
     assert fs.mnt is not None
     src = fs.source
-    _mount(fs, mounts)
+    mounts.partition(fs, "xfs", "nouuid")
     try:
         if src is not None:
             run(["cp", "-a", f"{src}/.", f"{fs.mnt}/"], what=f"copying files into {fs.where}")

@@ -118,7 +118,7 @@ def volume_args(root: dict, filesystems: list[dict]) -> tuple[str, ...]:
     a root and swap on LVM, ``rootflags=subvol=NAME`` for a root on a btrfs subvolume."""
     words = []
     for fs in filesystems:
-        if fs.get("lv") and (fs is root or fs.get("fstype") == "swap"):
+        if fs.get("lv") and (fs.get("mountpoint") == "/" or fs.get("fstype") == "swap"):
             words.append(f"rd.lvm.lv={fs['lv']}")
     if root.get("subvol"):
         words.append(f"rootflags=subvol={root['subvol']}")
