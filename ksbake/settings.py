@@ -2,7 +2,7 @@
 
 One table (``FIELDS``) drives parsing, validation and the documentation; errors name the file
 and the key. Environment variables documented in the README override a few settings for a
-single run (``KSBAKE_MIRRORS``, ``KSBAKE_ACCEL``).
+single run (``KSBAKE_MIRRORS``, ``KSBAKE_ACCEL``, ``KSBAKE_SSH_KEY``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,28 @@ def _host_basearch() -> str:
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
 
+CHECK_WHERE = ("guest", "host")
+PORT_PLACEHOLDER = re.compile(r"\{port:(\d+)\}")
+"""``{port:80}`` in a host check: the host port that reaches the guest's port 80."""
+
+
+@dataclass(frozen=True)
+class BootCheck:
+    """One command of the boot test and what its result must be (``[[boot_checks]]``)."""
+
+    run: str  # a shell command line
+    where: str = "guest"  # guest: over ssh as boot_ssh_user; host: sh -c on the build host
+    expect: str | None = None  # a substring the output must contain
+    match: str | None = None  # a regular expression (re.search, multiline) it must match
+    status: int = 0  # the exit status it must end with
+    timeout: int = 60  # seconds, then it is killed (a failure)
+    name: str = ""  # how messages call it (default: the command)
+
+    def as_dict(self) -> dict[str, Any]:
+        """For the boot test's doit ``config_changed`` and its record."""
+        return {k: v for k, v in self.__dict__.items() if v is not None and v != ""}
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything about an appliance that is not in its kickstart."""
@@ -44,6 +66,10 @@ class Settings:
     accel: str = "tcg"
     boot_marker: str = "login:"
     boot_timeout: int = 180
+    boot_ssh_user: str | None = None
+    boot_ssh_key: str | None = None  # absolute (resolved against configs/ by load)
+    boot_forward: tuple[int, ...] = ()
+    boot_checks: tuple[BootCheck, ...] = ()
     pre_timeout: int = 300
     formats: tuple[str, ...] = ("qcow2",)
     qcow2_compression: str = "zlib"
@@ -165,8 +191,111 @@ FIELDS: dict[str, Field] = {
     "pre_timeout": Field(
         (int,), "seconds a %pre script may run before it is stopped", _at_most(86400)
     ),
-    "boot_timeout": Field((int,), "seconds a boot test may take", _positive),
+    "boot_timeout": Field(
+        (int,),
+        "seconds a boot test may take to the marker (and, with a login, to a working ssh login)",
+        _positive,
+    ),
 }
+
+SSH_USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
+
+
+def _ssh_user(value: str) -> str:
+    if not SSH_USER_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a user name (letters, digits, _ . -, 32 at most)")
+    return value
+
+
+def _ssh_key(value: str) -> str:
+    if not value.strip() or "\0" in value:
+        raise ValueError("must be the path of a private key file")
+    return value
+
+
+def _tcp_port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise ValueError(f"entry {value!r} is not a TCP port (1-65535)")
+    return value
+
+
+def _forwards(value: list[Any]) -> tuple[int, ...]:
+    return tuple(sorted({_tcp_port(v) for v in value}))
+
+
+CHECK_KEYS: dict[str, tuple[type, ...]] = {
+    "run": (str,),
+    "where": (str,),
+    "expect": (str,),
+    "match": (str,),
+    "status": (int,),
+    "timeout": (int,),
+    "name": (str,),
+}
+
+
+def _check(number: int, item: Any) -> BootCheck:
+    where = f"check {number}"
+    if not isinstance(item, dict):
+        raise ValueError(
+            f'{where} must be a table ([[boot_checks]] with run = "..."), got {item!r}'
+        )
+    for key, value in item.items():
+        if key not in CHECK_KEYS:
+            raise ValueError(f"{where}: unknown key '{key}' (known: {', '.join(CHECK_KEYS)})")
+        if not isinstance(value, CHECK_KEYS[key]) or isinstance(value, bool):
+            kind = "a string" if CHECK_KEYS[key] == (str,) else "an integer"
+            raise ValueError(f"{where}: '{key}' must be {kind}, got {value!r}")
+    if not str(item.get("run", "")).strip():
+        raise ValueError(f'{where} needs run = "a command"')
+    if item.get("where", "guest") not in CHECK_WHERE:
+        raise ValueError(f"{where}: 'where' must be guest or host, got {item['where']!r}")
+    if "match" in item:
+        try:
+            re.compile(item["match"], re.MULTILINE)
+        except re.error as exc:
+            raise ValueError(f"{where}: 'match' is not a regular expression: {exc}") from None
+    if not 0 <= item.get("status", 0) <= 255:
+        raise ValueError(f"{where}: 'status' must be 0-255, got {item['status']!r}")
+    if not 0 < item.get("timeout", 60) <= 3600:
+        raise ValueError(f"{where}: 'timeout' must be 1-3600 seconds, got {item['timeout']!r}")
+    check = BootCheck(**item)
+    if check.where == "guest" and PORT_PLACEHOLDER.search(check.run):
+        raise ValueError(
+            f'{where}: {{port:N}} is a host port: use it in a check with where = "host"'
+        )
+    return check
+
+
+def _checks(value: list[Any]) -> tuple[BootCheck, ...]:
+    return tuple(_check(number, item) for number, item in enumerate(value, 1))
+
+
+FIELDS.update(
+    {
+        "boot_ssh_user": Field(
+            (str,),
+            "log in as this user over ssh once the marker showed (the boot test then waits "
+            "for sshd, logs in and runs boot_checks)",
+            _ssh_user,
+        ),
+        "boot_ssh_key": Field(
+            (str,),
+            "private key for that login: a path relative to configs/ (KSBAKE_SSH_KEY)",
+            _ssh_key,
+        ),
+        "boot_forward": Field(
+            (list,),
+            "guest TCP ports reachable from the host during the boot test (besides 22)",
+            _forwards,
+        ),
+        "boot_checks": Field(
+            (list,),
+            "commands the boot test runs and what they must print ([[boot_checks]] tables)",
+            _checks,
+        ),
+    }
+)
 
 
 def _formats(value: list[Any]) -> tuple[str, ...]:
@@ -271,10 +400,41 @@ def load(name: str, configs_dir: Path, environ: dict[str, str] | None = None) ->
         values["mirrors"] = mirrors
     if env.get("KSBAKE_ACCEL"):
         values["accel"] = env["KSBAKE_ACCEL"]
+    if values.get("boot_ssh_key"):  # relative to configs/, as the kickstart's %include
+        values["boot_ssh_key"] = str(
+            configs_dir.resolve() / Path(values["boot_ssh_key"]).expanduser()
+        )
+    if env.get("KSBAKE_SSH_KEY"):  # a test's generated key
+        values["boot_ssh_key"] = str(Path(env["KSBAKE_SSH_KEY"]).expanduser().resolve())
     conf = Settings(name=name, **values)
+    _check_login(conf, path)
     if conf.ova and ("vmdk" not in conf.formats or conf.vmdk_subformat != "streamOptimized"):
         raise ConfigError(
             f"{path}: ova: an OVA needs streamOptimized vmdk disks",
             hint='add "vmdk" to formats and keep vmdk_subformat = "streamOptimized"',
         )
     return conf
+
+
+def forwarded_ports(conf: Settings) -> tuple[int, ...]:
+    """Guest ports the boot test forwards: 22 with a login, and boot_forward."""
+    return tuple(sorted(set(conf.boot_forward) | ({22} if conf.boot_ssh_user else set())))
+
+
+def _check_login(conf: Settings, path: Path) -> None:
+    """What only the settings together can say: guest checks need a login, placeholders a
+    forwarded port. (A missing key file is the boot test's error: building needs no key.)"""
+    ports = forwarded_ports(conf)
+    for number, check in enumerate(conf.boot_checks, 1):
+        if check.where == "guest" and not conf.boot_ssh_user:
+            raise ConfigError(
+                f"{path}: key 'boot_checks' check {number} runs in the guest, which needs a login",
+                hint='set boot_ssh_user and boot_ssh_key, or where = "host"',
+            )
+        for port in PORT_PLACEHOLDER.findall(check.run):
+            if int(port) not in ports:
+                raise ConfigError(
+                    f"{path}: key 'boot_checks' check {number} uses {{port:{port}}}, but guest "
+                    f"port {port} is not forwarded",
+                    hint=f"add it: boot_forward = [{port}]",
+                )

@@ -1,4 +1,5 @@
-"""doit task ``boottest:NAME``: boot the appliance in QEMU until its success marker."""
+"""doit task ``boottest:NAME``: boot the appliance in QEMU until its success marker (then,
+with a login in its settings, log in over ssh and run its checks)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def task_boottest() -> Iterator[dict]:
             boot = {}  # invalid settings: the kickstart task reports them
         yield {
             "name": name,
-            "doc": f"boot {name} in QEMU and wait for its marker",
+            "doc": f"boot {name} in QEMU, wait for its marker, run its login checks",
             "actions": [action("ksbake.boottest:step", PATHS, name)],
             "file_dep": [str(PATHS.build_dir(name) / "bootloader.ref")],
             "targets": [str(PATHS.build_dir(name) / "boottest.json")],
