@@ -1,5 +1,6 @@
 """Running code of the kickstart or the tree inside the tree: the sandbox, and the mounts a
-chroot needs (/proc, a minimal /dev, read-only /sys) where a tool chroots itself (rpm).
+chroot needs (/proc, a minimal /dev, read-only /sys, a private /run) where a tool chroots
+itself (rpm).
 
 Only ever used inside a worker's private mount namespace (``ksbake.sandbox``): even if this
 process is killed, the kernel removes these mounts with the namespace.
@@ -99,8 +100,16 @@ def _mountpoint(root: Path, name: str) -> Path:
 
 @contextmanager
 def api_filesystems(root: Path) -> Iterator[None]:
-    """Mount /proc, a private tmpfs /dev with the usual nodes, and /sys read-only in ``root``."""
+    """Mount /proc, a private tmpfs /dev with the usual nodes, /sys read-only and a private
+    tmpfs /run in ``root`` (real packages' scriptlets use /run: systemd-tmpfiles, dbus,
+    ``systemctl`` asking whether systemd runs; what they leave there goes with the tmpfs).
+
+    Only the mount point directories stay in the tree, empty. rpm sets the mode and owner of
+    /dev and /run (filesystem's directories) through the mounts, on the tmpfs roots: those
+    are given to the directories underneath when the tmpfs goes, so the tree has them as the
+    packages made them."""
     mounted: list[Path] = []
+    tmpfs: list[Path] = []
     try:
         proc = _mountpoint(root, "proc")
         run(["mount", "-t", "proc", "-o", "nosuid,nodev,noexec", "proc", proc])
@@ -108,6 +117,7 @@ def api_filesystems(root: Path) -> Iterator[None]:
         dev = _mountpoint(root, "dev")
         run(["mount", "-t", "tmpfs", "-o", "mode=0755,nosuid", "ksbake-dev", dev])
         mounted.append(dev)
+        tmpfs.append(dev)
         for name, (major, minor) in DEV_NODES.items():
             os.mknod(dev / name, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
             os.chmod(dev / name, 0o666)
@@ -123,10 +133,18 @@ def api_filesystems(root: Path) -> Iterator[None]:
         sys_dir = _mountpoint(root, "sys")
         run(["mount", "-t", "sysfs", "-o", "ro,nosuid,nodev,noexec", "sysfs", sys_dir])
         mounted.append(sys_dir)
+        run_dir = _mountpoint(root, "run")
+        run(["mount", "-t", "tmpfs", "-o", "mode=0755,nosuid,nodev", "ksbake-run", run_dir])
+        mounted.append(run_dir)
+        tmpfs.append(run_dir)
         yield
     finally:
+        owners = {path: os.stat(path) for path in tmpfs}
         for path in reversed(mounted):
             run(["umount", "-l", path])
+        for path, st in owners.items():
+            os.chown(path, st.st_uid, st.st_gid)
+            os.chmod(path, stat.S_IMODE(st.st_mode))
 
 
 def mount_overlay(lower: list[Path], upper: Path, work: Path, merged: Path) -> None:

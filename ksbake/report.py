@@ -54,6 +54,8 @@ def record(
         + (f" ({human(size)})" if size else ""),
         flush=True,
     )
+    if note:  # e.g. the bootloader's: which GRUB modules, the tree's or the host's
+        print(f"  {note}", flush=True)
 
 
 def run_id() -> str:

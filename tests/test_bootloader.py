@@ -256,7 +256,8 @@ def test_no_kernel_is_one_clear_error(tmp_path: Path) -> None:
             "seed",
         )
     assert str(info.value) == (
-        "no kernel in the tree: /boot/vmlinuz-* not found; add 'kernel' to %packages"
+        "no kernel in the tree: neither /boot/vmlinuz-* nor a usable BLS entry in "
+        "/boot/loader/entries; add 'kernel' to %packages"
     )
 
 
@@ -285,17 +286,258 @@ def test_missing_grub_modules_names_packages(tmp_path: Path, monkeypatch) -> Non
         assert deb in str(info.value) and fed in str(info.value)
 
 
-def test_tree_modules_preferred(tmp_path: Path) -> None:
+def _tree_grub(tree_dir: Path, platform: str, version: bytes = b"2.12-1.fc40") -> Path:
+    """A copy of the host's GRUB modules as the tree's own (``modinfo.sh`` says ``version``)."""
+    mods = tree_dir / "usr/lib/grub" / platform
+    host = next(Path(d) / platform for d in images.HOST_GRUB_DIRS if Path(d, platform).is_dir())
+    shutil.copytree(host, mods)
+    (mods / "modinfo.sh").write_bytes(b'grub_package_version="' + version + b'"\n')
+    return mods
+
+
+def _image_modules(platform: str) -> list[str]:
+    return [*images.PLATFORM_MODULES[platform], *images.COMMON_MODULES, "ext2"]
+
+
+@pytest.mark.parametrize("platform", ["i386-pc", "x86_64-efi"])
+def test_tree_modules_preferred(tmp_path: Path, platform: str) -> None:
+    if not any(Path(d, platform).is_dir() for d in images.HOST_GRUB_DIRS):
+        pytest.skip(f"the host has no GRUB {platform} modules to copy")
     tree_dir = tmp_path / "tree"
-    mods = tree_dir / "usr/lib/grub/i386-pc"
-    for name in ("moddep.lst", "kernel.img", "boot.img"):
-        _touch(mods / name)
-    _touch(mods / "modinfo.sh", b'grub_package_version="2.12-1.fc40"\n')
+    _tree_grub(tree_dir, platform)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    moddir, description = images._module_dir(MergedTree([tree_dir]), "i386-pc", scratch)
-    assert moddir.parent == scratch and (moddir / "boot.img").is_file()
-    assert description == "the tree's modules (/usr/lib/grub/i386-pc, 2.12-1.fc40)"
+    tree = MergedTree([tree_dir])
+    moddir, source = images._module_dir(tree, platform, scratch, _image_modules(platform))
+    assert moddir.parent == scratch and (moddir / "kernel.img").is_file()
+    assert source == images.Modules(platform, "tree", f"/usr/lib/grub/{platform}", "2.12-1.fc40")
+    assert source.describe() == (
+        f"{platform} from the tree (/usr/lib/grub/{platform}, 2.12-1.fc40)"
+    )
+
+
+def test_incomplete_tree_modules_fall_back_to_the_host(tmp_path: Path) -> None:
+    if not Path("/usr/lib/grub/i386-pc/moddep.lst").is_file():
+        pytest.skip("the host has no GRUB i386-pc modules")
+    tree_dir = tmp_path / "tree"
+    mods = _tree_grub(tree_dir, "i386-pc")
+    # search needs search_fs_uuid... (moddep.lst): a dependency missing is as bad as a module
+    needs = images._closure((mods / "moddep.lst").read_text(), ["search"])
+    assert "search_fs_uuid" in needs and "search" in needs
+    (mods / "extcmd.mod").unlink()
+    tree = MergedTree([tree_dir])
+    moddir, source = images._module_dir(tree, "i386-pc", tmp_path, _image_modules("i386-pc"))
+    assert moddir == Path("/usr/lib/grub/i386-pc") and source.origin == "host"
+    assert source.fallback == "the tree's /usr/lib/grub/i386-pc lacks extcmd.mod"
+    # BIOS needs the tree's boot.img too (it goes into the MBR with the tree's core.img)
+    shutil.copy(Path("/usr/lib/grub/i386-pc/extcmd.mod"), mods)
+    (mods / "boot.img").unlink()
+    _, source = images._module_dir(tree, "i386-pc", tmp_path, _image_modules("i386-pc"))
+    assert source.fallback == "the tree's /usr/lib/grub/i386-pc lacks boot.img"
+    # a tree without GRUB at all: the host's, without a word
+    _, source = images._module_dir(
+        MergedTree([tmp_path / "empty"]), "i386-pc", tmp_path, _image_modules("i386-pc")
+    )
+    assert source.origin == "host" and source.fallback is None
+
+
+# -- BLS entries --------------------------------------------------------------------------
+
+
+MID = "0123456789abcdef0123456789abcdef"
+FEDORA_ENTRY = f"""title Fedora Linux (6.5.6-300.fc39.x86_64) 39 (Server Edition)
+version 6.5.6-300.fc39.x86_64
+linux /vmlinuz-6.5.6-300.fc39.x86_64
+initrd /initramfs-6.5.6-300.fc39.x86_64.img
+options root=UUID=11111111-2222-3333-4444-555555555555 ro rd.lvm.lv=fedora/root rhgb quiet
+options $tuned_params console=tty0 BOOT_IMAGE=/vmlinuz-host selinux=0
+grub_users $grub_users
+grub_arg --unrestricted
+grub_class fedora
+machine-id {MID}
+sort-key fedora
+"""
+
+
+def bls_tree(root: Path) -> Path:
+    """A tree as Fedora's and systemd's kernel-install leave it: BLS entries in
+    /boot/loader/entries (paths relative to /boot, or with /boot/, or in an entry-token
+    directory), plus one plain kernel that no entry boots and one entry gone wrong."""
+    entries = root / "boot/loader/entries"
+    _touch(root / "boot/vmlinuz-6.5.6-300.fc39.x86_64", b"fedora kernel")
+    _touch(root / "boot/initramfs-6.5.6-300.fc39.x86_64.img", b"fedora initramfs")
+    _touch(entries / f"{MID}-6.5.6-300.fc39.x86_64.conf", FEDORA_ENTRY.encode())
+    # an older one: "$kernelopts" (Fedora <= 32), paths written for a /boot inside /,
+    # two initrds (microcode first)
+    _touch(root / "boot/vmlinuz-6.4.0-1", b"old kernel")
+    _touch(root / "boot/initramfs-6.4.0-1.img", b"old initramfs")
+    _touch(root / "boot/intel-ucode.img", b"microcode")
+    _touch(
+        entries / f"{MID}-6.4.0-1.conf",
+        b"title Old Linux\nversion 6.4.0-1\nlinux /boot/vmlinuz-6.4.0-1\n"
+        b"initrd /boot/intel-ucode.img\ninitrd /boot/initramfs-6.4.0-1.img\n"
+        b"options $kernelopts\n",
+    )
+    # systemd's kernel-install layout=bls: an entry-token directory, no title
+    _touch(root / f"boot/{MID}/6.6.0-1-amd64/linux", b"debian kernel")
+    _touch(root / f"boot/{MID}/6.6.0-1-amd64/initrd.img-6.6.0-1-amd64", b"debian initrd")
+    _touch(
+        entries / f"{MID}-6.6.0-1-amd64.conf",
+        f"# Boot Loader Specification type#1 entry\nversion 6.6.0-1-amd64\n"
+        f"machine-id {MID}\nlinux /{MID}/6.6.0-1-amd64/linux\n"
+        f"initrd /{MID}/6.6.0-1-amd64/initrd.img-6.6.0-1-amd64\n"
+        "options   root=/dev/sda2  nomodeset\n".encode(),
+    )
+    # a rescue entry whose kernel dracut-config-rescue never made; one escaping /boot
+    _touch(
+        entries / f"{MID}-0-rescue.conf",
+        f"title Rescue\nversion 0-rescue-{MID}\nlinux /vmlinuz-0-rescue-{MID}\n".encode(),
+    )
+    _touch(root / "etc/shadow", b"root:x:::::::\n")
+    _touch(entries / "escape.conf", b"version 9.9\nlinux /../etc/shadow\n")
+    # a plain kernel no entry boots (a package without kernel-install); one that an entry
+    # boots from its entry-token directory (the same kernel: no second menu entry)
+    _touch(root / "boot/vmlinuz-5.10.0-1", b"plain kernel")
+    _touch(root / "boot/vmlinuz-6.6.0-1-amd64", b"debian kernel")
+    return root
+
+
+def test_bls_entries(tmp_path: Path) -> None:
+    menu = kernel_list.boot_entries(MergedTree([bls_tree(tmp_path)]))
+    assert [e.version for e in menu.entries] == [
+        "6.6.0-1-amd64",
+        "6.5.6-300.fc39.x86_64",
+        "6.4.0-1",
+        "5.10.0-1",
+    ]
+    debian, fedora, old, plain = menu.entries
+    assert fedora.title == "Fedora Linux (6.5.6-300.fc39.x86_64) 39 (Server Edition)"
+    assert fedora.linux == "vmlinuz-6.5.6-300.fc39.x86_64"
+    assert fedora.initrds == ("initramfs-6.5.6-300.fc39.x86_64.img",)
+    # the build host's root, volumes, console and GRUB variables go; the entry's own stay
+    assert fedora.options == ("rhgb", "quiet", "selinux=0")
+    assert fedora.ident == f"bls-{MID}-6.5.6-300.fc39.x86_64"
+    assert fedora.source == f"/boot/loader/entries/{MID}-6.5.6-300.fc39.x86_64.conf"
+    assert old.linux == "vmlinuz-6.4.0-1" and old.options == ()
+    assert old.initrds == ("intel-ucode.img", "initramfs-6.4.0-1.img")
+    assert debian.title is None and debian.linux == f"{MID}/6.6.0-1-amd64/linux"
+    assert debian.options == ("nomodeset",)
+    assert plain == kernel_list.BootEntry.from_kernel(Kernel("5.10.0-1", "vmlinuz-5.10.0-1", None))
+    assert plain.ident == "ksbake-5.10.0-1"
+    assert sorted(menu.skipped) == [
+        f"BLS entry /boot/loader/entries/{MID}-0-rescue.conf: kernel "
+        f"/vmlinuz-0-rescue-{MID} is not in /boot: left out of the menu",
+        "BLS entry /boot/loader/entries/escape.conf: kernel /../etc/shadow is not in /boot: "
+        "left out of the menu",
+    ]
+
+
+def test_bls_parse_and_options() -> None:
+    fields = kernel_list.parse_bls("# c\n\ntitle  A  B \ninitrd /a\ninitrd /b\noptions\n")
+    assert fields == {"title": ["A  B"], "initrd": ["/a", "/b"], "options": [""]}
+    assert kernel_list.ksbake_options(
+        ["root=/dev/x rootflags=subvol=root ro rw resume=UUID=1 rd.lvm.vg=v", "a=$b q initrd=/i"]
+    ) == ("q",)
+
+
+def test_grub_cfg_bls_entries(tmp_path: Path) -> None:
+    menu = kernel_list.boot_entries(MergedTree([bls_tree(tmp_path)]))
+    for prefix in ("", "/boot"):
+        text = grub_cfg(
+            menu.entries,
+            title="Fallback OS",
+            boot_uuid=BOOT_UUID,
+            root_uuid=ROOT_UUID,
+            boot_prefix=prefix,
+            append="console=ttyS0 quiet",
+            volumes=("rd.lvm.lv=vg/root",),
+        )
+        base = f"root=UUID={ROOT_UUID} rd.lvm.lv=vg/root ro console=ttyS0,115200"
+        lines = text.splitlines()
+        for line in (
+            "menuentry 'Fedora Linux (6.5.6-300.fc39.x86_64) 39 (Server Edition)' "
+            f"--id bls-{MID}-6.5.6-300.fc39.x86_64 {{",
+            f"\tlinux {prefix}/vmlinuz-6.5.6-300.fc39.x86_64 {base} rhgb quiet selinux=0 "
+            "console=ttyS0 quiet",
+            f"\tinitrd {prefix}/initramfs-6.5.6-300.fc39.x86_64.img",
+            f"\tinitrd {prefix}/intel-ucode.img {prefix}/initramfs-6.4.0-1.img",
+            f"\tlinux {prefix}/vmlinuz-6.4.0-1 {base} console=ttyS0 quiet",
+            f"menuentry 'Fallback OS (6.6.0-1-amd64)' --id bls-{MID}-6.6.0-1-amd64 {{",
+            f"\tlinux {prefix}/{MID}/6.6.0-1-amd64/linux {base} nomodeset console=ttyS0 quiet",
+            "menuentry 'Fallback OS (5.10.0-1)' --id ksbake-5.10.0-1 {",
+        ):
+            assert line in lines, (line, text)
+        assert "$" not in text and "fedora/root" not in text and "tty0 " not in text
+        assert text.index("6.6.0-1-amd64") < text.index("(6.5.6") < text.index("(5.10.0-1)")
+
+
+def _synthetic_tree(root: Path, *, bls: bool, grub: str | None) -> Path:
+    """A tree with what the bootloader layer reads: kernels (plain or BLS), os-release,
+    fstab and, when ``grub`` names a platform, that platform's GRUB modules of its own."""
+    if bls:
+        bls_tree(root)
+    else:
+        _touch(root / "boot/vmlinuz-6.1.0-1", b"kernel")
+        _touch(root / "boot/initramfs-6.1.0-1.img", b"initramfs")
+    _touch(root / "etc/os-release", b'PRETTY_NAME="Synthetic 1"\n')
+    _touch(root / "etc/fstab", b"")
+    if grub:
+        _tree_grub(root, grub)
+    return root
+
+
+def _needs_image_tools() -> None:
+    for tool in ("mkfs.ext4", "debugfs"):
+        if not shutil.which(tool):
+            pytest.skip(f"{tool} not installed")
+    if not (shutil.which("grub-mkimage") or shutil.which("grub2-mkimage")):
+        pytest.skip("grub-mkimage not installed")
+    if not Path("/usr/lib/grub/i386-pc/boot.img").is_file():
+        pytest.skip("the host has no GRUB i386-pc modules")
+
+
+@pytest.mark.parametrize("variant", ["msdos-bios", "root-only"])
+def test_install_bls_with_the_tree_grub(tmp_path: Path, variant: str) -> None:
+    """grub.cfg from BLS entries, prefixed as the layout needs; the tree's GRUB modules and
+    its boot.img are used, and the result and note say so."""
+    _needs_image_tools()
+    tree = _synthetic_tree(tmp_path / "tree", bls=True, grub="i386-pc")
+    boot_img = bytearray((tree / "usr/lib/grub/i386-pc/boot.img").read_bytes())
+    boot_img[0x1B0] ^= 0xFF  # told apart from the host's (outside what the install patches)
+    (tree / "usr/lib/grub/i386-pc/boot.img").write_bytes(boot_img)
+    built, result = build_variant(tree, tmp_path / "w", variant)
+    out = Path(result["disks"][0]["file"])
+    data = out.read_bytes()
+    assert data[0x1B0] == boot_img[0x1B0] and data[:0x5C] == bytes(boot_img[:0x5C])
+    assert result["grub_modules"] == {
+        "i386-pc": {"from": "tree", "dir": "/usr/lib/grub/i386-pc", "version": "2.12-1.fc40"}
+    }
+    assert result["grub"].startswith(
+        "GRUB modules: i386-pc from the tree (/usr/lib/grub/i386-pc, 2.12-1.fc40); host grub"
+    )
+    assert len(result["warnings"]) == 2  # the rescue and the escaping entry
+    assert result["kernels"] == ["6.6.0-1-amd64", "6.5.6-300.fc39.x86_64", "6.4.0-1", "5.10.0-1"]
+    # the default entry's command line
+    assert result["cmdline"] == (
+        f"root=UUID={ROOT_UUID} ro console=ttyS0,115200 nomodeset ksbake.poweroff"
+    )
+    prefix = "" if variant == "msdos-bios" else "/boot"  # /boot a filesystem of its own, or not
+    cfg = _debugfs_cat(str(out), MiB, f"{prefix}/grub/grub.cfg")
+    assert f"\tlinux {prefix}/vmlinuz-6.5.6-300.fc39.x86_64 root=UUID={ROOT_UUID} " in cfg
+    assert f"\tinitrd {prefix}/intel-ucode.img {prefix}/initramfs-6.4.0-1.img\n" in cfg
+    assert f"\tlinux {prefix}/{MID}/6.6.0-1-amd64/linux " in cfg
+
+
+def test_install_plain_kernel_with_host_grub(tmp_path: Path) -> None:
+    _needs_image_tools()
+    tree = _synthetic_tree(tmp_path / "tree", bls=False, grub=None)
+    _, result = build_variant(tree, tmp_path / "w", "msdos-bios")
+    assert result["grub_modules"]["i386-pc"]["from"] == "host"
+    assert result["grub"].startswith("GRUB modules: i386-pc from the host (/usr/lib/grub")
+    assert result["warnings"] == [] and result["kernels"] == ["6.1.0-1"]
+    cfg = _debugfs_cat(result["disks"][0]["file"], MiB, "/grub/grub.cfg")
+    assert "menuentry 'Synthetic 1 (6.1.0-1)' --id ksbake-6.1.0-1 {" in cfg
+    assert "\tinitrd /initramfs-6.1.0-1.img\n" in cfg
 
 
 def test_ext_write_is_reproducible(tmp_path: Path) -> None:
@@ -619,8 +861,8 @@ def test_install_msdos_inspected(tree: Path, tmp_path: Path) -> None:
     assert result["kernels"] == [version]
     assert result["cmdline"] == f"root=UUID={ROOT_UUID} ro console=ttyS0,115200 quiet"
     assert result["boot_disk"] == "sda" and result["firmware"] == "bios"
-    assert result["grub"].startswith("i386-pc: host grub-mkimage ")
-    assert "host modules (/usr/lib/grub/i386-pc" in result["grub"]
+    assert result["grub"].startswith("GRUB modules: i386-pc from the host (/usr/lib/grub/")
+    assert "; host grub-mkimage " in result["grub"]
     assert result["config"] == "/grub/grub.cfg on sda1"
     cfg = _debugfs_cat(str(out), MiB, "/grub/grub.cfg")
     assert "set timeout=7" in cfg
@@ -691,6 +933,52 @@ def test_gpt_without_biosboot_is_explained(tree: Path, tmp_path: Path) -> None:
         bootloader.install(
             built.disks, built.plan, SETTINGS, [str(tree)], "uefi", str(tmp_path / "out"), "seed"
         )
+
+
+@pytest.mark.slow
+@pytest.mark.boot
+def test_boot_bls_entry_with_the_trees_grub(tree: Path, tmp_path: Path) -> None:
+    """The bundled kernel moved where systemd's kernel-install puts it (an entry-token
+    directory) with a BLS entry carrying a build host's options, and GRUB modules of the
+    tree's own: the image boots that entry, with ksbake's root and console."""
+    work_tree = tmp_path / "tree"
+    subprocess.run(["cp", "-a", str(tree), str(work_tree)], check=True)
+    (kernel,) = kernel_list.find_kernels(MergedTree([work_tree]))
+    token = work_tree / "boot" / MID / kernel.version
+    token.mkdir(parents=True)
+    (work_tree / "boot" / kernel.vmlinuz).rename(token / "linux")
+    assert kernel.initrd
+    (work_tree / "boot" / kernel.initrd).rename(token / "initrd")
+    _touch(
+        work_tree / f"boot/loader/entries/{MID}-{kernel.version}.conf",
+        f"title BLS Linux ({kernel.version})\nversion {kernel.version}\n"
+        f"linux /boot/{MID}/{kernel.version}/linux\ninitrd /{MID}/{kernel.version}/initrd\n"
+        "options $kernelopts root=UUID=00000000-dead-beef-0000-000000000000 ro console=tty0\n"
+        f"machine-id {MID}\n".encode(),
+    )
+    _tree_grub(work_tree, "i386-pc", b"copied-from-the-host")
+    built, result = build_variant(work_tree, tmp_path / "w", "msdos-bios")
+    assert result["grub_modules"]["i386-pc"]["from"] == "tree"
+    assert result["entries"] == [
+        {
+            "title": f"BLS Linux ({kernel.version})",
+            "version": kernel.version,
+            "source": f"/boot/loader/entries/{MID}-{kernel.version}.conf",
+            "id": f"bls-{MID}-{kernel.version}",
+        }
+    ]
+    booted = qemu.boot(
+        [Path(d["file"]) for d in result["disks"]],
+        firmware="bios",
+        marker="KSBAKE-BOOT-OK",
+        timeout=180,
+        log=tmp_path / "serial.log",
+        boot_disk=0,
+        wait_exit=True,
+    )
+    print(f"\nBOOT BLS entry (tree's GRUB): KSBAKE-BOOT-OK after {booted.seconds:.1f} s")
+    mounts = {mnt: fstype for _, mnt, fstype, _ in booted.mounts()}
+    assert mounts.get("/") == "ext4" and mounts.get("/boot") == "ext4", booted.log_text[-3000:]
 
 
 BOOTS = [

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
-from conftest import Workspace, demo_kickstart, object_file
+from conftest import Workspace, demo_kickstart, fails, object_file
 
 from ksbake.layers.l4_config import password_field
 from ksbake.passwords import sha512_crypt
@@ -104,11 +105,23 @@ def test_accounts_and_post_variants(workspace: Workspace) -> None:
 
 @pytest.mark.slow
 def test_services_without_systemd_is_a_clear_error(workspace: Workspace) -> None:
-    workspace.write("demo.ks", demo_kickstart() + "services --enabled=sshd\n")
+    path = workspace.write("demo.ks", demo_kickstart() + "services --enabled=sshd\n")
+    line = len(demo_kickstart().splitlines()) + 1
+    fails(
+        workspace, f"{path}:{line}: services: the tree has no systemd", "sshd", target="config:demo"
+    )
+
+
+@pytest.mark.slow
+def test_firewall_and_selinux_warnings_reach_the_user(workspace: Workspace) -> None:
+    text = demo_kickstart().replace("selinux --disabled", "selinux --enforcing")
+    text = text.replace("firewall --disabled", "firewall --enabled --service=ssh")
+    workspace.write("demo.ks", text)
     r = workspace.doit("config:demo")
-    assert r.rc != 0
-    assert "services: the tree has no systemd" in r.err and "sshd" in r.err
-    assert "Traceback" not in r.err
+    assert r.rc == 0, r.out + r.err
+    warnings = [line for line in r.err.splitlines() if line.startswith("warning: config:demo: ")]
+    assert any("selinux --enforcing: the tree has no SELinux policy" in w for w in warnings), r.err
+    assert any("firewall --enabled --service=ssh: the tree has no firewalld" in w for w in warnings)
 
 
 @pytest.mark.slow
@@ -154,3 +167,209 @@ def test_selinux_mode_and_relabel(tmp_path: Path) -> None:
         "SELINUX=enforcing\nSELINUXTYPE=targeted\n"
     )
     assert (tmp_path / ".autorelabel").exists() and not warnings
+
+
+# -- on synthetic trees: what a real (systemd) tree needs ------------------------------------
+
+
+def _handler(text: str):  # noqa: ANN202
+    from pykickstart.parser import KickstartParser
+    from pykickstart.version import makeVersion
+
+    handler = makeVersion("F40")
+    KickstartParser(handler).readKickstartFromString(text)
+    return handler
+
+
+def _put(path: Path, text: str = "", mode: int = 0o644) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+UNIT = "[Unit]\nDescription={0}\n[Service]\nExecStart=/bin/true\n"
+INSTALL = "[Install]\nWantedBy={0}\n"
+
+
+def _units(tree: Path) -> Path:
+    """Unit files as packages ship them: one to enable, one static (no [Install]), a
+    template, and one enabled already (as a preset would have it)."""
+    system = tree / "usr/lib/systemd/system"
+    _put(system / "web.service", UNIT.format("web") + INSTALL.format("multi-user.target"))
+    _put(system / "static.service", UNIT.format("static"))
+    _put(system / "getty@.service", UNIT.format("getty") + INSTALL.format("getty.target"))
+    _put(system / "old.service", UNIT.format("old") + INSTALL.format("multi-user.target"))
+    wants = tree / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True)
+    (wants / "old.service").symlink_to("/usr/lib/systemd/system/old.service")
+    return tree
+
+
+def _copy_program(tree: Path, program: str, dest: str) -> None:
+    """A host program and the libraries it links into ``tree`` (a tree's own tool)."""
+    import re
+    import shutil
+    import subprocess
+
+    out = subprocess.run(["ldd", program], capture_output=True, text=True, check=True).stdout
+    for lib in re.findall(r"(/\S+) \(0x", out):
+        target = tree / lib.lstrip("/")
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(Path(lib).resolve(), target)
+    target = tree / dest.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(program, target)
+
+
+SERVICES = "services --enabled=web,static,getty@ttyS0 --disabled=old,gone\n"
+
+
+def _check_services(tree: Path, warnings: list[str]) -> None:
+    etc = tree / "etc/systemd/system"
+    assert os.readlink(etc / "multi-user.target.wants/web.service") == (
+        "/usr/lib/systemd/system/web.service"
+    )
+    assert (etc / "getty.target.wants/getty@ttyS0.service").is_symlink()
+    assert not (etc / "multi-user.target.wants/old.service").is_symlink()
+    assert warnings[0] == (
+        "services --disabled=gone: the tree has no unit gone.service; nothing to disable"
+    )
+    assert warnings[1:] == [
+        "services --enabled=static: static.service has no [Install] section (a static unit, "
+        "started by another one): systemctl enable does nothing"
+    ]
+
+
+def _need(*tools: str) -> None:
+    import shutil
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root (the sandbox, file owners)")
+    for tool in tools:
+        if not shutil.which(tool):
+            pytest.skip(f"{tool} not installed")
+
+
+def test_services_by_the_trees_systemctl(tmp_path: Path) -> None:
+    """A tree with its own systemctl: enable/disable run in the tree, sandboxed (PID 1 of its
+    namespace), not the host's ``systemctl --root``."""
+    import shutil
+
+    from ksbake.layers.l4_config import apply_services
+
+    _need("systemctl", "bwrap", "ldd")
+    tree = _units(tmp_path / "tree")
+    _copy_program(tree, shutil.which("systemctl") or "", "/usr/bin/systemctl.real")
+    _copy_program(tree, "/bin/sh", "/bin/sh")
+    _put(
+        tree / "usr/bin/systemctl",
+        '#!/bin/sh\necho "$$ $*" >> /systemctl-ran\nexec /usr/bin/systemctl.real "$@"\n',
+        0o755,
+    )
+    warnings: list[str] = []
+    apply_services(tree, _handler(SERVICES), warnings)
+    _check_services(tree, warnings)
+    assert (tree / "systemctl-ran").read_text() == (
+        "1 disable old\n1 enable web\n1 enable static\n1 enable getty@ttyS0\n"
+    )
+
+
+def test_services_by_the_hosts_systemctl(tmp_path: Path) -> None:
+    from ksbake.layers.l4_config import apply_services
+
+    _need("systemctl")
+    tree = _units(tmp_path / "tree")
+    warnings: list[str] = []
+    apply_services(tree, _handler(SERVICES), warnings)
+    _check_services(tree, warnings)
+
+
+def test_services_unknown_unit_names_unit_and_line(tmp_path: Path) -> None:
+    from ksbake.errors import BuildError
+    from ksbake.layers import config_unkeyed
+    from ksbake.layers.l4_config import apply_services, unit_exists, unit_name
+    from ksbake.runner import located
+
+    tree = _units(tmp_path / "tree")
+    (tree / "etc/systemd/system/sshd.service").symlink_to("/usr/lib/systemd/system/web.service")
+    assert unit_name("sshd") == "sshd.service" and unit_name("x.socket") == "x.socket"
+    assert unit_name("a.b") == "a.b.service"
+    assert unit_exists(tree, "sshd") and unit_exists(tree, "getty@tty1")
+    assert not unit_exists(tree, "getty@tty1.socket") and not unit_exists(tree, "nosuch")
+    with pytest.raises(BuildError) as info:
+        apply_services(tree, _handler("services --enabled=web,nosuch\n"), [])
+    assert info.value.message.startswith(
+        "services --enabled=nosuch: the tree has no unit nosuch.service (looked in "
+    )
+    assert not (tree / "etc/systemd/system/multi-user.target.wants/web.service").exists()
+    # the kickstart layer records the services line for it (as for sshkey)
+    from test_keys import source
+
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "demo.ks").write_text(demo_kickstart() + "\nservices --enabled=web,nosuch\n")
+    where = config_unkeyed(source(configs))["where"]["services"]
+    line = len(demo_kickstart().splitlines()) + 2
+    assert where == f"{configs / 'demo.ks'}:{line}"
+    assert str(located(info.value, where)).startswith(
+        f"{configs / 'demo.ks'}:{line}: services --enabled=nosuch: the tree has no unit "
+        "nosuch.service"
+    )
+
+
+def test_machine_id_left_for_first_boot(tmp_path: Path) -> None:
+    from ksbake.layers.l4_config import reset_machine_id
+
+    tree = tmp_path / "tree"
+    _put(tree / "usr/lib/systemd/systemd", "", 0o755)
+    _put(tree / "etc/machine-id", "0123456789abcdef0123456789abcdef\n")
+    _put(tree / "var/lib/dbus/machine-id", "0123456789abcdef0123456789abcdef\n")
+    reset_machine_id(tree)
+    st = (tree / "etc/machine-id").stat()
+    assert st.st_size == 0 and st.st_mode & 0o7777 == 0o444
+    assert not (tree / "var/lib/dbus/machine-id").exists()
+    # Fedora's dbus link to /etc/machine-id stays; no machine-id at all: an empty one
+    (tree / "var/lib/dbus/machine-id").symlink_to("/etc/machine-id")
+    (tree / "etc/machine-id").unlink()
+    reset_machine_id(tree)
+    assert (tree / "etc/machine-id").stat().st_size == 0
+    assert (tree / "var/lib/dbus/machine-id").is_symlink()
+    # a tree without systemd keeps its /etc/machine-id (nothing there fills an empty one)
+    plain = tmp_path / "plain"
+    _put(plain / "etc/machine-id", "0123456789abcdef0123456789abcdef\n")
+    reset_machine_id(plain)
+    assert (plain / "etc/machine-id").read_text().startswith("0123")
+
+
+def test_firewall_and_selinux_on_a_tree_without_them(tmp_path: Path) -> None:
+    from ksbake.layers.l4_config import apply_security
+
+    warnings: list[str] = []
+    text = "firewall --enabled --service=ssh --port=8080:tcp\nselinux --enforcing\n"
+    apply_security(tmp_path, _handler(text), warnings)
+    assert warnings == [
+        "selinux --enforcing: the tree has no SELinux policy (/etc/selinux/config), so the "
+        "appliance runs without SELinux (add selinux-policy-targeted to %packages)",
+        "firewall --enabled --service=ssh --port=8080:tcp: the tree has no firewalld "
+        "(/usr/bin/firewall-offline-cmd), so no firewall is configured (add firewalld to "
+        "%packages)",
+    ]
+    assert not (tmp_path / ".autorelabel").exists() and not list(tmp_path.iterdir())
+    # --disabled is what such a tree is: nothing to say
+    warnings.clear()
+    apply_security(tmp_path, _handler("firewall --disabled\nselinux --disabled\n"), warnings)
+    assert warnings == []
+
+
+def test_lang_and_keyboard(tmp_path: Path) -> None:
+    from ksbake.layers.l4_config import apply_system
+
+    warnings: list[str] = []
+    apply_system(tmp_path, _handler("lang de_DE.UTF-8\nkeyboard --vckeymap=de-latin1\n"), warnings)
+    assert (tmp_path / "etc/locale.conf").read_text() == "LANG=de_DE.UTF-8\n"
+    assert (tmp_path / "etc/vconsole.conf").read_text() == "KEYMAP=de-latin1\n"
+    apply_system(tmp_path, _handler("keyboard us\n"), warnings)  # the legacy form
+    assert (tmp_path / "etc/vconsole.conf").read_text() == "KEYMAP=us\n"
+    assert warnings == []

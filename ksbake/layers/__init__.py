@@ -71,18 +71,22 @@ def disks_unkeyed(src: Source) -> dict[str, Any]:
 
 def config_unkeyed(src: Source) -> dict[str, Any]:
     """``ks_dir``: %post --nochroot's cwd (a workspace path); ``where``: file:line of each
-    %post (for errors); ``write_limit``: how much the tree may grow (the size of the plan's
-    filesystems: more could not be put on the disks)."""
+    %post, sshkey and the services line (for errors); ``write_limit``: how much the tree may
+    grow (the size of the plan's filesystems: more could not be put on the disks)."""
     from pykickstart.constants import KS_SCRIPT_POST
 
     posts = [x for x in src.ks.handler.scripts if x.type == KS_SCRIPT_POST]
     keys = getattr(getattr(src.ks.handler, "sshkey", None), "sshUserList", [])
+    where: dict[str, Any] = {
+        "post": [str(src.ks.line_of(x)) for x in posts],
+        "sshkey": {k.username: str(src.ks.line_of(k)) for k in keys},
+    }
+    services = getattr(src.ks.handler, "services", None)  # one line: the last one counts
+    if services is not None and (services.enabled or services.disabled):
+        where["services"] = str(src.ks.line_of(services))
     return {
         "ks_dir": str(src.ks.path.parent),
-        "where": {
-            "post": [str(src.ks.line_of(x)) for x in posts],
-            "sshkey": {k.username: str(src.ks.line_of(k)) for k in keys},
-        },
+        "where": where,
         "write_limit": max(src.plan.filesystem_bytes(), 64 * 2**20),
     }
 
@@ -172,7 +176,7 @@ CHAIN: tuple[Layer, ...] = (
     ),
     Layer(
         name="packages",
-        version=2,  # 2: times clamped to the newest build time, rpmdb settled, no dnf history
+        version=3,  # 2: times clamped, rpmdb settled, no dnf history; 3: a private /run
         doc="install the locked packages",
         reads={"lock": "lock.json"},  # the lock's content, not its key: same set, same tree
         context={"lock_ref": "lock.ref"},  # where to download from: not the bytes
@@ -183,7 +187,7 @@ CHAIN: tuple[Layer, ...] = (
     ),
     Layer(
         name="config",
-        version=4,  # 4: times clamped to the packages' epoch
+        version=5,  # 4: times clamped to the packages' epoch; 5: machine-id, systemctl in tree
         doc="configure (settings, users, %post)",
         inputs=config_inputs,
         unkeyed=config_unkeyed,  # paths and bounds: not the bytes (and no rerun for them)
@@ -215,12 +219,14 @@ CHAIN: tuple[Layer, ...] = (
     ),
     Layer(
         name="bootloader",
-        version=3,
+        version=4,  # 4: BLS entries; the tree's GRUB modules only when complete
         doc="bootable disks (GRUB for BIOS and/or UEFI)",
         inputs=bootloader_inputs,
         unkeyed=packages_unkeyed,
         parents=("disks",),
-        checks=("config", "packages"),  # reads the tree's kernels and GRUB modules
+        # reads the tree's kernels, BLS entries and GRUB modules: whether the tree's modules
+        # are used is the tree's content, keyed through disks -> config -> packages
+        checks=("config", "packages"),
         tools=("grub-mkimage",),
         build=L + "l6_bootloader:build",
         isolation=NAMESPACES,  # an xfs /boot is written through a loop mount

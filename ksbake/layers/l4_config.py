@@ -18,6 +18,7 @@ import errno
 import json
 import logging
 import os
+import stat
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -214,10 +215,16 @@ def _prefix(netmask: str) -> int:
     return sum(bin(int(octet)).count("1") for octet in netmask.split("."))
 
 
+# anaconda's --device values that name no interface: the first with a link, the boot one
+ANY_DEVICE = ("link", "bootif", "ibft")
+
+
 def nm_keyfile(net: Any) -> str:
     """A NetworkManager keyfile for one kickstart ``network`` line (dhcp or static IPv4)."""
     device = net.device or "eth0"
-    lines = ["[connection]", f"id={device}", "type=ethernet", f"interface-name={device}"]
+    lines = ["[connection]", f"id={device}", "type=ethernet"]
+    if device not in ANY_DEVICE:  # else the first wired device that comes up takes it
+        lines.append(f"interface-name={device}")
     if net.onboot is False:
         lines.append("autoconnect=false")
     lines += ["", "[ipv4]"]
@@ -262,19 +269,107 @@ def apply_network_devices(root: Path, handler: Any, warnings: list[str]) -> None
         )
 
 
+UNIT_DIRS = (
+    "/etc/systemd/system",
+    "/usr/local/lib/systemd/system",
+    "/usr/lib/systemd/system",
+    "/lib/systemd/system",
+)
+"""Where systemctl looks for unit files in a tree (aliases made by enable or preset
+included: /etc/systemd/system/sshd.service -> ssh.service)."""
+
+UNIT_TYPES = (
+    "service",
+    "socket",
+    "target",
+    "timer",
+    "path",
+    "mount",
+    "automount",
+    "swap",
+    "slice",
+    "device",
+    "scope",
+)
+
+
+def unit_name(name: str) -> str:
+    """The unit systemctl means by ``name``: ``sshd`` is ``sshd.service``."""
+    return name if name.rpartition(".")[2] in UNIT_TYPES and "." in name else f"{name}.service"
+
+
+def unit_exists(root: Path, name: str) -> bool:
+    """Whether the tree has the unit file (a template's ``x@.service`` for ``x@y.service``;
+    a masked unit's link to /dev/null counts: systemctl then says what it thinks)."""
+    unit = unit_name(name)
+    stem, at, rest = unit.partition("@")
+    candidates = [unit] + ([f"{stem}@.{rest.rpartition('.')[2]}"] if at and rest else [])
+    for directory in UNIT_DIRS:
+        for candidate in candidates:
+            path = treefs.resolve(root, f"{directory}/{candidate}", follow_last=False)
+            if path.is_symlink() or path.exists():
+                return True
+    return False
+
+
+def _systemctl(root: Path) -> str | None:
+    """The tree's own systemctl, if it has one."""
+    return next(
+        (p for p in ("/usr/bin/systemctl", "/bin/systemctl") if treefs.exists(root, p)), None
+    )
+
+
 def apply_services(root: Path, handler: Any, warnings: list[str]) -> None:
+    """``services --disabled`` then ``--enabled`` (anaconda's order), by the tree's own
+    systemctl run in the tree (sandboxed, offline: nothing is started), else by the host's
+    ``systemctl --root``. A unit to enable that the tree lacks is an error naming it (the
+    caller adds the kickstart line); one to disable is a warning (it is not enabled)."""
     services = handler.services
     if not (services.enabled or services.disabled):
         return
-    if not treefs.exists(root, "/usr/lib/systemd/system"):
+    if not any(treefs.exists(root, d) for d in UNIT_DIRS[2:]):
         raise BuildError(
             "services: the tree has no systemd (/usr/lib/systemd/system), so "
             f"{', '.join(services.enabled + services.disabled)} cannot be enabled or disabled",
             hint="install systemd in %packages or remove the services line",
         )
-    for verb, names in (("enable", services.enabled), ("disable", services.disabled)):
-        if names:
-            run(["systemctl", f"--root={root}", verb, *names], what=f"services: {verb}")
+    missing = [name for name in services.enabled if not unit_exists(root, name)]
+    if missing:
+        units = ", ".join(unit_name(name) for name in missing)
+        raise BuildError(
+            f"services --enabled={','.join(missing)}: the tree has no unit {units} "
+            f"(looked in {', '.join(UNIT_DIRS)})",
+            hint="install the package that has it in %packages, or correct the name",
+        )
+    for name in services.disabled:
+        if not unit_exists(root, name):
+            warnings.append(
+                f"services --disabled={name}: the tree has no unit {unit_name(name)}; "
+                "nothing to disable"
+            )
+    disable = [name for name in services.disabled if unit_exists(root, name)]
+    if disable:
+        _systemctl_run(root, ["disable", *disable])
+    for name in services.enabled:  # one at a time: systemctl says which one is static
+        said = _systemctl_run(root, ["enable", name])
+        if "no installation config" in said:
+            warnings.append(
+                f"services --enabled={name}: {unit_name(name)} has no [Install] section "
+                "(a static unit, started by another one): systemctl enable does nothing"
+            )
+
+
+def _systemctl_run(root: Path, args: list[str]) -> str:
+    """``systemctl ARGS`` by the tree's own systemctl in the tree (sandboxed, offline), else
+    by the host's with ``--root``; its output."""
+    tool = _systemctl(root)
+    if tool is not None:
+        env = {**CHROOT_ENV, "SYSTEMD_OFFLINE": "1"}
+        what = f"services: systemctl {args[0]} in the tree"
+        proc = run(sandboxed(root, [tool, *args]), env=env, what=what)
+    else:
+        proc = run(["systemctl", f"--root={root}", *args], what=f"services: {args[0]}")
+    return proc.stdout.decode(errors="replace")
 
 
 def apply_security(root: Path, handler: Any, warnings: list[str]) -> None:
@@ -288,8 +383,12 @@ def apply_security(root: Path, handler: Any, warnings: list[str]) -> None:
     if mode:
         config = treefs.read_text(root, "/etc/selinux/config")
         if config is None:
-            if mode != "disabled":
-                warnings.append(f"selinux --{mode}: no SELinux policy in the tree; nothing to set")
+            if mode != "disabled":  # --disabled: what the tree is without a policy, silently
+                warnings.append(
+                    f"selinux --{mode}: the tree has no SELinux policy (/etc/selinux/config), "
+                    "so the appliance runs without SELinux (add selinux-policy-targeted to "
+                    "%packages)"
+                )
         else:
             lines = [
                 f"SELINUX={mode}" if ln.startswith("SELINUX=") else ln for ln in config.splitlines()
@@ -304,13 +403,34 @@ def apply_security(root: Path, handler: Any, warnings: list[str]) -> None:
         return
     tool = "/usr/bin/firewall-offline-cmd"
     if not treefs.exists(root, tool):
-        if fw.enabled:
-            warnings.append("firewall --enabled: firewalld is not in the tree; nothing configured")
+        if fw.enabled:  # --disabled: what the tree is without a firewall, silently
+            asked = [f"--service={s}" for s in fw.services] + [f"--port={p}" for p in fw.ports]
+            warnings.append(
+                f"firewall --enabled{''.join(' ' + a for a in asked)}: the tree has no firewalld "
+                f"({tool}), so no firewall is configured (add firewalld to %packages)"
+            )
         return
     args = ["--disabled"] if not fw.enabled else ["--enabled"]
     if fw.enabled:
         args += [f"--service={s}" for s in fw.services] + [f"--port={p}" for p in fw.ports]
     _chroot_run(root, [tool, *args], what="firewall")
+
+
+def reset_machine_id(root: Path) -> None:
+    """Leave the machine ID to the appliance's first boot, as image builders must (every
+    copy would share the build's ID otherwise): an empty ``/etc/machine-id`` (0444) in a
+    systemd tree (systemd fills it at boot; the file must exist for a read-only root), and
+    no ``/var/lib/dbus/machine-id`` copy (a symlink to /etc/machine-id stays)."""
+    if any(treefs.exists(root, p) for p in ("/usr/lib/systemd/systemd", "/lib/systemd/systemd")):
+        path = treefs.resolve(root, "/etc/machine-id", follow_last=False)
+        st = path.lstat() if path.is_symlink() or path.exists() else None
+        if st is None or stat.S_ISREG(st.st_mode):  # a link (to /run...) is a choice: kept
+            wanted = (0, 0o444, 0, 0)  # size, mode, owner, group: unchanged if so already
+            if st is None or (st.st_size, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) != wanted:
+                treefs.write_file(root, "/etc/machine-id", "", mode=0o444)
+    dbus = treefs.resolve(root, "/var/lib/dbus/machine-id", follow_last=False)
+    if dbus.is_file() and not dbus.is_symlink():
+        dbus.unlink()
 
 
 def _chroot_run(root: Path, argv: list[str], what: str) -> subprocess.CompletedProcess[bytes]:
@@ -460,9 +580,13 @@ def configure(job: Job) -> dict[str, Any]:
             except BuildError as exc:  # "sshkey: user 'x' does not exist": at its line
                 name = exc.message.split("'")[1] if exc.message.startswith("sshkey:") else ""
                 raise located(exc, where.get("sshkey", {}).get(name)) from None
-            apply_services(merged, handler, warnings)
+            try:
+                apply_services(merged, handler, warnings)
+            except BuildError as exc:  # a unit the tree lacks: at the services line
+                raise located(exc, where.get("services")) from None
             apply_security(merged, handler, warnings)
             run_post_scripts(merged, handler, job.inputs["ks_dir"], where.get("post", []), bound)
+            reset_machine_id(merged)
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise

@@ -64,8 +64,20 @@ Decisions:
   the environment, which is no part of the layer key), so ext* and FAT results are
   byte-identical for the same inputs. An xfs /boot is written through a mount: its log and
   timestamps are not reproducible.
-* GRUB modules: the tree's own (``/usr/lib/grub/<platform>`` inside the tree) when it has
-  them, else the host's; always the host's ``grub-mkimage``. The result says which.
+* GRUB modules: the tree's own (``/usr/lib/grub/<platform>`` inside the tree, where Debian's
+  grub-pc-bin/grub-efi-amd64-bin and Fedora's grub2-pc-modules/grub2-efi-x64-modules put
+  them) when it has every module the image needs (with their ``moddep.lst`` dependencies) and
+  the images grub-mkimage builds on (``kernel.img``; for BIOS also ``boot.img``, which then
+  goes into the MBR), else the host's (a warning says what the tree's lacked); always the
+  host's ``grub-mkimage``. The result (``grub_modules``) and the build summary say which.
+  Which ones are used is a function of the tree, whose key is in this layer's (disks ->
+  config -> packages), so it needs no key input of its own.
+* The menu (``kernels.boot_entries``): one plain ``menuentry`` per BLS entry of the tree
+  (``/boot/loader/entries/*.conf``) and per ``/boot/vmlinuz-*`` no entry boots, newest
+  version first. An entry keeps its title, kernel, initrds and the options of its own; ksbake's
+  root, volume and console arguments replace the entry's (``$kernelopts``, a build host's
+  ``root=``), ``--append`` comes last. An entry whose files are not in /boot is left out
+  with a warning.
 """
 
 from __future__ import annotations
@@ -82,8 +94,8 @@ from ksbake.errors import BuildError
 from ksbake.layers.l6_bootloader.bios import SECTOR, _bios_boot_partition, install_bios
 from ksbake.layers.l6_bootloader.fswrite import write_into_fs
 from ksbake.layers.l6_bootloader.grubcfg import _password_hash, grub_cfg, kernel_cmdline
-from ksbake.layers.l6_bootloader.images import make_image
-from ksbake.layers.l6_bootloader.kernels import find_kernels, os_name
+from ksbake.layers.l6_bootloader.images import GrubImage, make_image
+from ksbake.layers.l6_bootloader.kernels import boot_entries, os_name
 from ksbake.run import run
 from ksbake.runner import Job, located
 from ksbake.treefs import MergedTree
@@ -279,7 +291,11 @@ def build(job: Job) -> dict[str, Any]:
     for disk in result["disks"]:
         disk["file"] = Path(disk["file"]).name  # relative: the staging dir is renamed
     (job.stage / "result.json").write_text(json.dumps(result, indent=1, sort_keys=True))
-    return {"note": result.get("grub"), "seal": [d["file"] for d in result["disks"]]}
+    return {
+        "note": result.get("grub"),
+        "seal": [d["file"] for d in result["disks"]],
+        "warnings": result["warnings"],
+    }
 
 
 def _install(
@@ -319,14 +335,17 @@ def install(
     targets = FIRMWARES[firmware]
     disk_list = disks["disks"]
     tree = MergedTree(tree_layers)
-    kernels = find_kernels(tree)
+    menu = boot_entries(tree)
+    kernels = menu.entries
     notes: list[str] = []
+    warnings = list(menu.skipped)  # BLS entries left out of the menu
     skip = bootloader.get("location") == "none" or bootloader.get("disabled")
     target = None
     if not skip:
         if not kernels:
             raise BuildError(
-                "no kernel in the tree: /boot/vmlinuz-* not found; add 'kernel' to %packages"
+                "no kernel in the tree: neither /boot/vmlinuz-* nor a usable BLS entry in "
+                "/boot/loader/entries; add 'kernel' to %packages"
             )
         target = plan_target(disk_list, plan, bootloader, targets, seed, disks.get("filesystems"))
 
@@ -349,12 +368,18 @@ def install(
         "disks": [{"name": d["name"], "file": str(copies[d["name"]])} for d in disk_list],
         "grub": None,
         "kernels": [k.version for k in kernels],
+        "entries": [
+            {"title": k.title, "version": k.version, "source": k.source, "id": k.ident}
+            for k in kernels
+        ],
         "cmdline": "",
+        "grub_modules": {},
         "firmware": firmware,
         "boot_disk": None,
         "config": None,
         "installed": [],
         "notes": notes,
+        "warnings": warnings,
     }
     if target is None:
         why = "--disabled" if bootloader.get("disabled") else "--location=none"
@@ -370,6 +395,7 @@ def install(
     if "bios" in targets and target.table is None:
         notes.append("bootloader --nombr: no BIOS boot code written")
     append = bootloader.get("append") or ""
+    volumes = volume_args(target.root, disks.get("filesystems") or [])
     cfg = grub_cfg(
         kernels,
         title=os_name(tree),
@@ -377,12 +403,12 @@ def install(
         root_uuid=target.root["uuid"],
         boot_prefix=target.kernel_prefix,
         append=append,
-        volumes=volume_args(target.root, disks.get("filesystems") or []),
+        volumes=volumes,
         timeout=bootloader.get("timeout"),
         password_hash=target.password_hash,
     )
     boot_part, grub_disk = target.boot_part, target.grub_disk
-    descriptions: list[str] = []
+    made: list[GrubImage] = []  # the GRUB images, with where their modules came from
     with tempfile.TemporaryDirectory(prefix="ksbake-grub-") as tmp_name:
         tmp = Path(tmp_name)
         write_into_fs(
@@ -406,7 +432,7 @@ def install(
             result["installed"].append(
                 install_bios(copies[grub_disk["name"]], target.table, grub_disk, core)
             )
-            descriptions.append(f"i386-pc: {core.description}")
+            made.append(core)
         if target.esp is not None:
             esp_disk, esp = target.esp
             efi = make_image(tree, "x86_64-efi", **common)
@@ -416,13 +442,25 @@ def install(
             result["installed"].append(
                 f"UEFI GRUB as EFI/BOOT/BOOTX64.EFI on {esp_disk['name']}{esp['number']}"
             )
-            descriptions.append(f"x86_64-efi: {efi.description}")
+            made.append(efi)
 
+    for image in made:
+        result["grub_modules"][image.platform] = {
+            "from": image.modules.origin,
+            "dir": image.modules.path,
+            "version": image.modules.version,
+        }
+        if image.modules.fallback:
+            warnings.append(f"{image.modules.fallback}: the host's GRUB modules used instead")
     result.update(
-        grub="; ".join(descriptions) or None,
-        cmdline=kernel_cmdline(
-            target.root["uuid"], append, volume_args(target.root, disks.get("filesystems") or [])
-        ),
+        grub=(
+            "GRUB modules: "
+            + ", ".join(image.modules.describe() for image in made)
+            + f"; host {made[0].mkimage}"
+        )
+        if made
+        else None,
+        cmdline=kernel_cmdline(target.root["uuid"], append, volumes, kernels[0].options),
         boot_disk=grub_disk["name"],
         config=f"{target.grub_dir}/grub.cfg on {_device_name(target.boot_disk, boot_part)}",
         seconds=round(time.monotonic() - started, 3),

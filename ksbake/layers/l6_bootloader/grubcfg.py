@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from ksbake.errors import BuildError
-from ksbake.layers.l6_bootloader.kernels import Kernel
+from ksbake.layers.l6_bootloader.kernels import BootEntry, Kernel
 from ksbake.passwords import grub_password_hash
 
 
@@ -16,16 +17,18 @@ def grub_quote(word: str) -> str:
     return "'" + word.replace("'", "'\\''") + "'"
 
 
-def kernel_cmdline(root_uuid: str, append: str, volumes: tuple[str, ...] = ()) -> str:
-    """The kernel command line of every entry (``root=UUID``, what the initramfs needs to
-    assemble it, serial console, ``append``)."""
-    return " ".join(
-        w for w in (f"root=UUID={root_uuid}", *volumes, "ro", "console=ttyS0,115200", append) if w
-    )
+def kernel_cmdline(
+    root_uuid: str, append: str, volumes: tuple[str, ...] = (), options: Sequence[str] = ()
+) -> str:
+    """An entry's kernel command line: ``root=UUID``, what the initramfs needs to assemble
+    it, serial console, the options a BLS entry keeps (``kernels.ksbake_options``), then
+    ``append`` (last: the kickstart's word wins over the entry's)."""
+    words = (f"root=UUID={root_uuid}", *volumes, "ro", "console=ttyS0,115200", *options, append)
+    return " ".join(w for w in words if w)
 
 
 def grub_cfg(
-    kernels: list[Kernel],
+    kernels: Sequence[BootEntry | Kernel],
     *,
     title: str,
     boot_uuid: str,
@@ -36,12 +39,13 @@ def grub_cfg(
     password_hash: str | None = None,
     volumes: tuple[str, ...] = (),
 ) -> str:
-    """grub.cfg text: serial console, search /boot by UUID, one entry per kernel.
+    """grub.cfg text: serial console, search /boot by UUID, one plain ``menuentry`` per
+    BLS entry or kernel (``kernels.boot_entries``), in the order given.
 
     ``boot_prefix`` is "" when /boot is its own filesystem, "/boot" when it is part of /
-    (either after the btrfs subvolume's path when /boot is on one).
+    (either after the btrfs subvolume's path when /boot is on one); entries' paths are
+    relative to /boot.
     """
-    cmdline = " ".join(grub_quote(w) for w in kernel_cmdline(root_uuid, append, volumes).split())
     lines = [
         "# Written by ksbake: one entry per kernel in the image, newest first.",
         "serial --unit=0 --speed=115200",
@@ -55,16 +59,19 @@ def grub_cfg(
     if password_hash:
         lines += ['set superusers="root"', f"password_pbkdf2 root {password_hash}"]
         unrestricted = " --unrestricted"
-    for kernel in kernels:
-        entry_title = grub_quote(f"{title} ({kernel.version})")
-        entry_id = grub_quote(f"ksbake-{kernel.version}")
+    for item in kernels:
+        entry = BootEntry.from_kernel(item) if isinstance(item, Kernel) else item
+        cmdline = kernel_cmdline(root_uuid, append, volumes, entry.options)
+        entry_title = grub_quote(entry.title or f"{title} ({entry.version})")
         lines += [
             "",
-            f"menuentry {entry_title} --id {entry_id}{unrestricted} {{",
-            f"\tlinux {grub_quote(f'{boot_prefix}/{kernel.vmlinuz}')} {cmdline}",
+            f"menuentry {entry_title} --id {grub_quote(entry.ident)}{unrestricted} {{",
+            f"\tlinux {grub_quote(f'{boot_prefix}/{entry.linux}')} "
+            + " ".join(grub_quote(w) for w in cmdline.split()),
         ]
-        if kernel.initrd:
-            lines.append(f"\tinitrd {grub_quote(f'{boot_prefix}/{kernel.initrd}')}")
+        if entry.initrds:
+            initrds = " ".join(grub_quote(f"{boot_prefix}/{i}") for i in entry.initrds)
+            lines.append(f"\tinitrd {initrds}")
         lines.append("}")
     return "\n".join(lines) + "\n"
 

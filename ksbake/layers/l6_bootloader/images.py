@@ -75,28 +75,87 @@ def _version_of(moddir: Path) -> str:
     return "unknown version"
 
 
+IMAGE_FILES = {
+    # what grub-mkimage reads from the module directory besides the modules (and boot.img,
+    # which the BIOS install takes from the same directory as core.img's modules)
+    "i386-pc": ("kernel.img", "lzma_decompress.img", "diskboot.img", "boot.img"),
+    "x86_64-efi": ("kernel.img",),
+}
+
+
+@dataclass(frozen=True)
+class Modules:
+    """Where an image's GRUB modules come from: the tree's own, or the host's."""
+
+    platform: str
+    origin: str  # "tree" or "host"
+    path: str  # the platform directory, in the tree or on the host
+    version: str
+    fallback: str | None = None  # why the tree's modules were not used, when it has some
+
+    def describe(self) -> str:
+        return f"{self.platform} from the {self.origin} ({self.path}, {self.version})"
+
+
 @dataclass
 class GrubImage:
     platform: str
-    moddir: Path  # where boot.img and the modules were taken from
+    moddir: Path  # where boot.img and the modules were taken from (a copy of the tree's)
     image: bytes
-    description: str
+    modules: Modules
+    mkimage: str  # "grub-mkimage 2.06-13+deb12u2": always the host's
 
 
-def _module_dir(tree: MergedTree, platform: str, tmp: Path) -> tuple[Path, str]:
-    """The tree's GRUB modules (copied out of the layers) if it has them, else the host's."""
+def _closure(moddep: str, modules: list[str]) -> set[str]:
+    """``modules`` and every module they need, by ``moddep.lst`` (``name: dep dep``)."""
+    deps: dict[str, list[str]] = {}
+    for line in moddep.splitlines():
+        name, _, needs = line.partition(":")
+        deps[name.strip()] = needs.split()
+    todo, seen = list(modules), set()
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += deps.get(name, [])
+    return seen
+
+
+def tree_modules(tree: MergedTree, platform: str, modules: list[str]) -> str | None:
+    """None when the tree's ``/usr/lib/grub/<platform>`` has everything grub-mkimage needs
+    for ``modules``, else what it lacks (said when the host's are used instead)."""
     rel = f"/usr/lib/grub/{platform}"
-    if tree.is_file(f"{rel}/moddep.lst") and tree.is_file(f"{rel}/kernel.img"):
+    moddep = tree.read_text(f"{rel}/moddep.lst")
+    if moddep is None:
+        return f"no {rel}/moddep.lst"
+    wanted = [f"{m}.mod" for m in sorted(_closure(moddep, modules))]
+    lacking = [n for n in (*IMAGE_FILES[platform], *wanted) if not tree.is_file(f"{rel}/{n}")]
+    if lacking:
+        return f"{rel} lacks {', '.join(lacking[:5])}" + (" ..." if len(lacking) > 5 else "")
+    return None
+
+
+def _module_dir(
+    tree: MergedTree, platform: str, tmp: Path, modules: list[str] | None = None
+) -> tuple[Path, Modules]:
+    """The tree's GRUB modules (copied out of the layers) if it has all ``modules`` (with
+    their dependencies) and the images grub-mkimage builds on, else the host's."""
+    rel = f"/usr/lib/grub/{platform}"
+    lacking = tree_modules(tree, platform, modules or [])
+    if lacking is None:
         dest = tmp / f"tree-{platform}"
         dest.mkdir()
         for name in tree.listdir(rel):
             src = tree.find(f"{rel}/{name}")
             if src is not None and src.is_file():
                 shutil.copyfile(src, dest / name)
-        return dest, f"the tree's modules ({rel}, {_version_of(dest)})"
+        return dest, Modules(platform, "tree", rel, _version_of(dest))
+    # a tree without a GRUB of its own says nothing; one with an incomplete one is worth
+    # a word (its GRUB package is probably split, e.g. a missing -modules package)
+    fallback = None if tree.find(rel) is None else f"the tree's {lacking}"
     for host in (Path(d) / platform for d in HOST_GRUB_DIRS):
         if (host / "moddep.lst").is_file():
-            return host, f"host modules ({host}, {_version_of(host)})"
+            return host, Modules(platform, "host", str(host), _version_of(host), fallback)
     deb, fed = PLATFORMS[platform]
     raise _missing(f"GRUB modules for {platform} (/usr/lib/grub/{platform})", deb, fed)
 
@@ -114,25 +173,20 @@ def make_image(
 ) -> GrubImage:
     """core.img (i386-pc) or BOOTX64.EFI (x86_64-efi) with every module it needs built in."""
     mkimage = grub_mkimage_tool()
-    moddir, modules_from = _module_dir(tree, platform, tmp)
     fs_module = FS_MODULES.get(boot_fstype)
     if fs_module is None:
         raise BuildError(f"GRUB cannot read a /boot filesystem of type {boot_fstype}")
     modules = [*PLATFORM_MODULES[platform], *COMMON_MODULES, *extra_modules, fs_module]
     if password:
         modules += PASSWORD_MODULES
+    moddir, source = _module_dir(tree, platform, tmp, modules)
     cfg = tmp / f"early-{platform}.cfg"
     cfg.write_text(early_cfg(boot_uuid, prefix))
     out = tmp / f"grub-{platform}.img"
     fmt = "i386-pc" if platform == "i386-pc" else "x86_64-efi"
     run(
         [mkimage, "-d", moddir, "-O", fmt, "-c", cfg, "-p", prefix, "-o", out, *modules],
-        what=f"making the GRUB {platform} image",
+        what=f"making the GRUB {platform} image with {source.describe()}",
     )
     version = run([mkimage, "--version"]).stdout.decode(errors="replace").split()[-1]
-    return GrubImage(
-        platform,
-        moddir,
-        out.read_bytes(),
-        f"host {Path(mkimage).name} {version} with {modules_from}",
-    )
+    return GrubImage(platform, moddir, out.read_bytes(), source, f"{Path(mkimage).name} {version}")
