@@ -9,7 +9,7 @@ from tasks.boottest import task_boottest  # noqa: F401
 from tasks.common import PATHS, XxhashChecker, interrupt_in_one_line
 from tasks.gc import task_gc  # noqa: F401
 from tasks.layers import creators
-from tasks.repo import task_repo  # noqa: F401
+from tasks.repo import task_distro, task_repo  # noqa: F401
 from tasks.verify import task_verify  # noqa: F401
 
 globals().update(creators())  # task_kickstart ... task_publish, one per layer of the chain

@@ -860,7 +860,8 @@ def sources_key(paths: Paths) -> str:
     when a change to this module changes the repository's bytes)."""
     from ksbake.hashing import file_digest, layer_key
 
-    files = sorted(p for p in paths.repo_sources.rglob("*") if p.is_file())
+    files = [p for p in paths.repo_sources.rglob("*") if p.is_file()]
+    files = sorted(p for p in files if paths.distro_sources not in p.parents)
     digests = {str(p.relative_to(paths.root)): file_digest(p) for p in files}
     return layer_key("repo", CODE_VERSION, digests)
 
@@ -876,11 +877,14 @@ def step(paths: Paths) -> None:
     obtained = Store(paths.store).obtain(
         "repo", key, lambda staging: build(staging / "repo", paths.debs)
     )
-    link = paths.bundled_repo
-    target = obtained.path / "repo"
+    point_link(paths.bundled_repo, obtained.path / "repo")
+    report.record(paths, "-", "repo", key, obtained.built, time.monotonic() - started)
+
+
+def point_link(link: Path, target: Path) -> None:
+    """Point the stable path ``link`` at a store object's ``target``, atomically."""
     if not (link.is_symlink() and link.resolve() == target.resolve()):
         tmp = link.with_name(f".{link.name}.{os.getpid()}")
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(target)
         os.replace(tmp, link)
-    report.record(paths, "-", "repo", key, obtained.built, time.monotonic() - started)

@@ -63,6 +63,15 @@ class Paths:
         return self.root / "repo"
 
     @property
+    def distro_sources(self) -> Path:
+        return self.root / "repo" / "distro"
+
+    @property
+    def bundled_distro(self) -> Path:
+        """Stable path of the current bundled distribution (a symlink to a store object)."""
+        return self.store / "distro"
+
+    @property
     def bundled_repo(self) -> Path:
         """Stable path of the current bundled repository (a symlink to a store object)."""
         return self.store / "repo"

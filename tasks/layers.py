@@ -16,7 +16,7 @@ from typing import Any
 from doit.tools import config_changed
 
 from ksbake.layers import CHAIN
-from ksbake.layers.l1_kickstart import recorded_files, uses_bundled_repo
+from ksbake.layers.l1_kickstart import bundled_repos_used, recorded_files
 from ksbake.runner import Layer
 from tasks.common import PATHS, action, objects_intact
 
@@ -90,8 +90,7 @@ def _stored(layer: Layer, name: str) -> dict[str, Any]:
     task["uptodate"].append((objects_intact, [layer.name, ref]))
     if layer.discover is not None:  # repository metadata may have moved (nightly)
         task["uptodate"].append((_lock_metadata_unchanged, [name]))
-        if uses_bundled_repo(PATHS, name):
-            task["task_dep"] = ["repo"]
+        task["task_dep"] = bundled_repos_used(PATHS, name)
     return task
 
 

@@ -29,7 +29,7 @@ from ksbake.paths import Paths
 from ksbake.runner import Job, located
 
 LOCK_FORMAT = 1
-BUNDLED_VAR = "ksbake_repo"
+BUNDLED_VARS = ("ksbake_repo", "ksbake_distro")  # the bundled repositories' paths
 
 
 @dataclass(frozen=True)
@@ -47,16 +47,24 @@ class RepoSpec:
     proxy: str | None
 
 
-def expand(url: str | None, bundled_repo: str) -> str | None:
-    """Expand ``$ksbake_repo`` (the bundled repository); dnf expands $releasever/$basearch."""
+def bundled(paths: Paths) -> dict[str, str]:
+    """What ``$ksbake_repo`` (small test repository) and ``$ksbake_distro`` (the systemd
+    distribution) expand to."""
+    return {"ksbake_repo": str(paths.bundled_repo), "ksbake_distro": str(paths.bundled_distro)}
+
+
+def expand(url: str | None, bundled_repos: dict[str, str]) -> str | None:
+    """Expand the bundled repositories' variables; dnf expands $releasever/$basearch."""
     if url is None:
         return None
-    return url.replace("${" + BUNDLED_VAR + "}", bundled_repo).replace(
-        "$" + BUNDLED_VAR, bundled_repo
-    )
+    for var, path in bundled_repos.items():
+        url = url.replace("${" + var + "}", path).replace("$" + var, path)
+    return url
 
 
-def repo_specs(handler: Any, mirrors: dict[str, str], bundled_repo: str) -> list[RepoSpec]:
+def repo_specs(
+    handler: Any, mirrors: dict[str, str], bundled_repos: dict[str, str]
+) -> list[RepoSpec]:
     """Repositories from ``repo`` lines and the ``url`` command, with mirror overrides applied."""
     specs: list[RepoSpec] = []
     url = handler.url
@@ -116,9 +124,9 @@ def repo_specs(handler: Any, mirrors: dict[str, str], bundled_repo: str) -> list
         out.append(
             RepoSpec(
                 spec.name,
-                tuple(expand(u, bundled_repo) or "" for u in spec.baseurl),
-                expand(spec.mirrorlist, bundled_repo),
-                expand(spec.metalink, bundled_repo),
+                tuple(expand(u, bundled_repos) or "" for u in spec.baseurl),
+                expand(spec.mirrorlist, bundled_repos),
+                expand(spec.metalink, bundled_repos),
                 spec.includepkgs,
                 spec.excludepkgs,
                 spec.cost,
@@ -329,7 +337,7 @@ def _session(job: Job) -> _Session:
         logdir=Path(tmp.name) / "log",
         releasever=settings["releasever"],
         basearch=settings["basearch"],
-        repos=repo_specs(handler, settings.get("mirrors", {}), str(paths.bundled_repo)),
+        repos=repo_specs(handler, settings.get("mirrors", {}), bundled(paths)),
         excludepkgs=list(ksdata.excludedList),
         install_weak_deps=not ksdata.excludeWeakdeps,
     )
@@ -343,8 +351,7 @@ def metadata(job: Job) -> dict[str, Any]:
     a checksum of each one's metadata, so that a nightly re-lock notices an updated repo."""
     session = _session(job)
     settings = job.inputs["settings"]
-    bundled = str(job.workspace().bundled_repo)
-    repos = repo_specs(session.handler, settings.get("mirrors", {}), bundled)
+    repos = repo_specs(session.handler, settings.get("mirrors", {}), bundled(job.workspace()))
     print(f"Loading metadata of {len(repos)} repositories", flush=True)
     load_metadata(session.base)
     return {

@@ -103,21 +103,35 @@ def install(job: Job) -> dict[str, Any]:
             base.download_packages(pkgs)
             progress = _Progress(len(pkgs))
 
+            failures: list[str] = []
+            output: list[str] = []
+
             class Display(dnf.callback.TransactionProgress):
                 def progress(self, package, action, ti_done, ti_total, ts_done, ts_total):  # noqa: ANN001
                     if package is not None and action in (dnf.callback.PKG_INSTALL,):
                         progress.installing(str(package))
 
+                def scriptout(self, msgs):  # noqa: ANN001
+                    text = msgs.decode(errors="replace") if isinstance(msgs, bytes) else msgs
+                    for line in (text or "").splitlines():
+                        output.append(line)
+                        print(f"    | {line}", flush=True)
+
                 def error(self, message):  # noqa: ANN001
+                    failures.append(str(message) + "".join(f"; {x.strip()}" for x in output[-2:]))
                     log.warning("rpm: %s", message)
 
             # rpm (>= 4.18) records INSTALLTIME/INSTALLTID from SOURCE_DATE_EPOCH when set:
             # the newest build time of the locked packages, so the rpmdb is the lock's too
             epoch = max([MIN_EPOCH, *(int(p.buildtime) for p in pkgs)])
             os.environ["SOURCE_DATE_EPOCH"] = str(epoch)
+            # scriptlets inherit this process' environment: nothing of the host's paths
+            os.environ.update(TMPDIR="/tmp", HOME="/root", LANG="C.UTF-8")
             print(f"Installing {len(pkgs)} packages into the tree", flush=True)
             with api_filesystems(root):
                 base.do_transaction(display=Display())
+            if failures:
+                raise PackageError(_failure_line(failures))
         except dnf.exceptions.DownloadError as exc:
             raise PackageError(f"package download failed: {exc}") from None
         except dnf.exceptions.TransactionCheckError as exc:
@@ -138,6 +152,14 @@ def install(job: Job) -> dict[str, Any]:
     settle_sqlite(rpmdb / "rpmdb.sqlite")
     clamp_times(root, epoch)
     return {"packages": len(lock["packages"]), "epoch": epoch}
+
+
+def _failure_line(failures: list[str]) -> str:
+    """One line for a transaction whose scriptlets or unpacking failed: rpm's own words
+    ("Error in POSTIN scriptlet in rpm package NAME") with what the script printed last.
+    A tree with a half-run scriptlet is not cached."""
+    more = f" (and {len(failures) - 1} more, listed above)" if len(failures) > 1 else ""
+    return f"rpm: {failures[0]}{more}"
 
 
 def settle_sqlite(db: Path) -> None:

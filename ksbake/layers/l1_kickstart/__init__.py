@@ -102,11 +102,12 @@ def _setting(paths: Paths, name: str, key: str) -> Iterator[None]:
         raise ConfigError(f"{paths.settings(name)}: {key}: {exc.message}", exc.hint) from None
 
 
-def uses_bundled_repo(paths: Paths, name: str) -> bool:
-    """Cheap text check (no parsing) used when doit loads: does the build need ``repo``?"""
+def bundled_repos_used(paths: Paths, name: str) -> list[str]:
+    """Cheap text check (no parsing) used when doit loads: which bundled repositories
+    (tasks ``repo``, ``distro``) does the build need?"""
     texts = []
     for f in [*recorded_files(paths, name), str(paths.settings(name))]:
         with contextlib.suppress(OSError):  # the kickstart task says what is wrong with it
             texts.append(read_bounded(f).decode(errors="replace"))
     texts.append(os.environ.get("KSBAKE_MIRRORS", ""))
-    return any("ksbake_repo" in t for t in texts)
+    return [task for task in ("repo", "distro") if any(f"ksbake_{task}" in t for t in texts)]
