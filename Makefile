@@ -27,6 +27,7 @@ bench: setup
 	$(PY) bench/noop.py
 	$(PY) bench/layout.py
 	$(PY) bench/formats.py
+	$(PY) bench/realistic.py
 
 clean:
 	rm -rf cache out

@@ -170,7 +170,7 @@ def make_deb(
         (root / "DEBIAN" / "conffiles").write_text("\n".join(conffiles) + "\n")
     deb = tmp / f"{name}.deb"
     subprocess.run(
-        ["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", root, deb],
+        ["dpkg-deb", "--nocheck", "--root-owner-group", "-Zgzip", "--build", root, deb],
         check=True,
         capture_output=True,
     )
@@ -448,3 +448,40 @@ def test_distribution_sources_are_consistent() -> None:
                 assert re.fullmatch(r"[a-z0-9][a-z0-9.+-]+", name), name
     assert config.fixup("linux-image-6.1.0-99-cloud-amd64").posttrans
     assert textwrap.dedent(config.fixup("openssh-server").sysusers).startswith("u sshd")
+
+
+def test_untranslatable_dependency_of_a_deb_names_the_package(tmp_path: Path) -> None:
+    deb = make_deb(tmp_path, "odd-deps", "Depends: libc6, foo [amd64]\n", {"/usr/bin/odd": "x"})
+    with pytest.raises(BuildError) as info:
+        convert(tmp_path, deb)
+    assert "odd-deps Depends: cannot translate the dependency 'foo [amd64]'" in str(info.value)
+
+
+def test_a_deb_cannot_write_outside_its_tree(tmp_path: Path) -> None:
+    """A symlinked directory in the archive, then a file "inside" it: refused, nothing
+    written where the link points."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    deb = make_deb(tmp_path, "escape", "", {"/usr/share/x": ("link", str(outside))})
+    # dpkg-deb cannot build such an archive from a tree: append the member with tar
+    data = tmp_path / "escape-src"
+    (data / "tmp-file").write_text("owned\n")
+    subprocess.run(["dpkg-deb", "-R", deb, tmp_path / "unpacked"], check=True)
+    tar = tmp_path / "data.tar"
+    subprocess.run(
+        ["tar", "-C", tmp_path / "unpacked", "--exclude=DEBIAN", "-cf", tar, "."], check=True
+    )
+    subprocess.run(
+        ["tar", "-C", data, "-rf", tar, "--transform=s,tmp-file,./usr/share/x/evil,", "tmp-file"],
+        check=True,
+    )
+    evil = tmp_path / "evil.deb"
+    ctrl = tmp_path / "control.tar"
+    subprocess.run(["tar", "-C", tmp_path / "unpacked/DEBIAN", "-cf", ctrl, "."], check=True)
+    (tmp_path / "debian-binary").write_text("2.0\n")
+    subprocess.run(
+        ["ar", "rc", evil, tmp_path / "debian-binary", ctrl, tar], check=True, cwd=tmp_path
+    )
+    with pytest.raises(BuildError, match="outside the package's tree"):
+        convert(tmp_path, evil)
+    assert list(outside.iterdir()) == []

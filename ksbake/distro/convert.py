@@ -171,6 +171,8 @@ def _unpack(deb: Path, root: Path) -> list[Entry]:
                 continue
             path = merged_usr(orig)
             dest = root / path.lstrip("/")
+            if ".." in path.split("/") or not dest.parent.resolve().is_relative_to(root.resolve()):
+                raise BuildError(f"{deb.name}: {m.name} points outside the package's tree")
             user, group = m.uname or str(m.uid), m.gname or str(m.gid)
             if m.isdir():
                 dest.mkdir(parents=True, exist_ok=True)
