@@ -485,3 +485,30 @@ def test_a_deb_cannot_write_outside_its_tree(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="outside the package's tree"):
         convert(tmp_path, evil)
     assert list(outside.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_distribution_rebuilt_elsewhere_has_the_same_bytes(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    """A second, independent build of the distribution (same sources, same .debs) gives the
+    same .rpm and repodata bytes as the one in the shared store."""
+    from ksbake.distro.build import build
+
+    ok(workspace.doit("distro", timeout=1800))
+    stored = workspace.store / "distro"
+    again = tmp_path / "distro"
+    build(again, workspace.store / "debs")
+
+    def digests(root: Path) -> dict[str, str]:
+        import hashlib
+
+        return {
+            str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*"))
+            if p.is_file()
+        }
+
+    first, second = digests(stored), digests(again)
+    assert len(first) > 200
+    assert first == second

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ksbake.bundledrepo import _dying_with_build, rpm_evr
 from ksbake.distro.debian import Relation, Stanza, parse_stanzas
 from ksbake.errors import BuildError
 from ksbake.run import run
@@ -65,8 +66,6 @@ def merged_usr(path: str) -> str:
 
 def rpm_version(debian_version: str) -> str:
     """A Debian version as an RPM EVR for a dependency: ``[E:]V-R`` (always a release)."""
-    from ksbake.bundledrepo import rpm_evr
-
     epoch, version, release = rpm_evr(debian_version)
     return (f"{epoch}:" if epoch != "0" else "") + f"{version}-{release}"
 
@@ -124,12 +123,10 @@ class Entry:
 
 @dataclass
 class Converted:
-    """What the converter learned of one package, for the distribution's own checks."""
+    """One converted package: its name and the RPM written."""
 
     name: str
     rpm: Path
-    users: list[str]  # user and group names its files are owned by
-    postinst: str
 
 
 def read_control(deb: Path) -> tuple[Stanza, dict[str, bytes]]:
@@ -344,7 +341,7 @@ def convert(
         )
 
     spec = Spec()
-    epoch, version, release = _evr(stanza.version)
+    epoch, version, release = rpm_evr(stanza.version)
     summary, _, long = stanza.fields.get("Description", name).partition("\n")
     spec.header += [
         f"Name: {name}",
@@ -398,19 +395,7 @@ def convert(
     rpm = rpmdir / f"{name}-{version}-{release}.{ARCH[stanza.fields['Architecture']]}.rpm"
     if not rpm.exists():
         raise BuildError(f"rpmbuild made no {rpm.name} for {deb.name}")
-    postinst = control.get("postinst", b"").decode(errors="replace")
-    return Converted(
-        name,
-        rpm,
-        sorted({e.user for e in entries} | {e.group for e in entries}),
-        postinst,
-    )
-
-
-def _evr(version: str) -> tuple[str, str, str]:
-    from ksbake.bundledrepo import rpm_evr
-
-    return rpm_evr(version)
+    return Converted(name, rpm)
 
 
 def _write_shadow(root: Path, add: Any, conffiles: set[str]) -> None:
@@ -494,8 +479,6 @@ def _rpmbuild(
     spec: Path, buildroot: Path, rpmdir: Path, work: Path, macros: dict[str, str], name: str
 ) -> None:
     """rpmbuild -bb over the prepared build root (a spec without %install leaves it as is)."""
-    from ksbake.bundledrepo import _dying_with_build
-
     defines = {**macros, "_topdir": str(work / "top"), "_rpmdir": str(rpmdir)}
     argv: list[str | Path] = [
         *_dying_with_build("rpmbuild"),
