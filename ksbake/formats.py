@@ -36,6 +36,10 @@ VIRT_IMAGE_FORMATS = tuple(f.name for f in FORMATS.values() if f.virt_image)
 LIBVIRT_FORMATS = tuple(f.name for f in FORMATS.values() if f.libvirt)
 OVF_FORMATS = tuple(f.name for f in FORMATS.values() if f.ovf)
 
+DESCRIPTORS = ("virt-image", "libvirt", "ovf")
+VMDK_ADAPTERS = ("lsilogic", "buslogic", "ide")  # qemu-img's adapter_type (no sata)
+VMDK_HWVERSION = "7"  # ddb.virtualHWVersion: the OVF's VirtualSystemType vmx-07
+
 QCOW2_COMPRESSION = ("none", "zlib", "zstd")
 RAW_COMPRESSION = ("none", "xz")
 VMDK_SUBFORMATS = ("streamOptimized", "monolithicSparse")
@@ -49,18 +53,44 @@ def format_options(fmt: str, settings: Any) -> dict[str, str]:
         return {"compression": settings.qcow2_compression}
     if fmt == "raw":
         return {"compression": settings.raw_compression}
-    if fmt == "vmdk":
-        return {"subformat": settings.vmdk_subformat}
+    if fmt == "vmdk":  # the extent line names the file: the published name
+        return {
+            "subformat": settings.vmdk_subformat,
+            "adapter_type": settings.vmdk_adapter,
+            "hwversion": VMDK_HWVERSION,
+            "name": settings.name,
+        }
     return {}
 
 
-def file_name(appliance: str | None, disk: str, fmt: str, options: dict[str, str]) -> str:
-    """``NAME-sda.qcow2`` as appliance-creator named them (``.raw.xz`` when compressed).
+def runnable(fmt: str, options: dict[str, str]) -> bool:
+    """Whether a hypervisor can run the file as written (an xz-compressed raw disk must be
+    unpacked first: appliance-creator's descriptors named it anyway, and the VM did not boot)."""
+    return not (fmt == "raw" and options.get("compression") == "xz")
 
-    The convert layer names its store files with ``appliance=None`` ("None-sda.vmdk"), and a
-    vmdk records its own file name in its extent line: the outputs issue (#11) changes that
-    to the published name, which changes those bytes, so this refactor leaves it alone."""
+
+def describable(descriptor: str, fmt: str) -> bool:
+    """Whether ``descriptor`` (virt-image, libvirt, ovf) can name a ``fmt`` disk."""
+    spec = FORMATS[fmt]
+    return {"virt-image": spec.virt_image, "libvirt": spec.libvirt, "ovf": spec.ovf}[descriptor]
+
+
+def pick_format(
+    descriptor: str, formats: list[str], options: dict[str, dict[str, str]], chosen: str | None
+) -> str | None:
+    """The format ``descriptor`` describes: ``chosen`` (descriptor_format) if it can, else the
+    first runnable format in ``formats`` that it can; None if there is none."""
+    for fmt in [chosen] if chosen else formats:
+        if describable(descriptor, fmt) and runnable(fmt, options.get(fmt, {})):
+            return fmt
+    return None
+
+
+def file_name(appliance: str | None, disk: str, fmt: str, options: dict[str, str]) -> str:
+    """``NAME-sda.qcow2`` as appliance-creator named them (``.raw.xz`` when compressed);
+    ``sda.qcow2`` without an appliance (the convert layer's store files, except vmdk's: a vmdk
+    records its own file name in its extent line, so it is written under the published name)."""
     suffix = FORMATS[fmt].extension + (
         ".xz" if fmt == "raw" and options.get("compression") == "xz" else ""
     )
-    return f"{appliance}-{disk}.{suffix}"
+    return f"{appliance}-{disk}.{suffix}" if appliance else f"{disk}.{suffix}"

@@ -75,6 +75,9 @@ class Settings:
     qcow2_compression: str = "zlib"
     raw_compression: str = "none"
     vmdk_subformat: str = "streamOptimized"
+    vmdk_adapter: str = "lsilogic"
+    descriptors: tuple[str, ...] | None = None  # None: every descriptor the formats allow
+    descriptor_format: str | None = None  # None: each descriptor's first runnable format
     version: str = "1.0"
     release: str = "1"
     vcpus: int = 1
@@ -298,6 +301,15 @@ FIELDS.update(
 )
 
 
+def _descriptors(value: list[Any]) -> tuple[str, ...]:
+    from ksbake.formats import DESCRIPTORS
+
+    for name in value:
+        if name not in DESCRIPTORS:
+            raise ValueError(f"names an unknown descriptor {name!r} (use {', '.join(DESCRIPTORS)})")
+    return tuple(dict.fromkeys(value))
+
+
 def _formats(value: list[Any]) -> tuple[str, ...]:
     from ksbake.formats import FORMATS
 
@@ -324,6 +336,20 @@ FIELDS.update(
             (str,),
             "streamOptimized (VMware/OVF import) or monolithicSparse",
             _one_of("streamOptimized", "monolithicSparse"),
+        ),
+        "vmdk_adapter": Field(
+            (str,),
+            "the vmdk's adapter and the OVF's disk controller: lsilogic (VMware), buslogic, "
+            "or ide (old VirtualBox)",
+            _one_of("lsilogic", "buslogic", "ide"),
+        ),
+        "descriptors": Field(
+            (list,), "descriptors to write: virt-image, libvirt, ovf (default: all)", _descriptors
+        ),
+        "descriptor_format": Field(
+            (str,),
+            "the disk format the virt-image and libvirt descriptors name (default: the first "
+            "runnable one in formats)",
         ),
         "version": Field((str, int, float), "appliance version (descriptor)", _version),
         "release": Field((str, int), "appliance release (descriptor)", _version),
@@ -408,12 +434,38 @@ def load(name: str, configs_dir: Path, environ: dict[str, str] | None = None) ->
         values["boot_ssh_key"] = str(Path(env["KSBAKE_SSH_KEY"]).expanduser().resolve())
     conf = Settings(name=name, **values)
     _check_login(conf, path)
+    _check_descriptors(conf, path)
     if conf.ova and ("vmdk" not in conf.formats or conf.vmdk_subformat != "streamOptimized"):
         raise ConfigError(
             f"{path}: ova: an OVA needs streamOptimized vmdk disks",
             hint='add "vmdk" to formats and keep vmdk_subformat = "streamOptimized"',
         )
     return conf
+
+
+def _check_descriptors(conf: Settings, path: Path) -> None:
+    """descriptor_format must be one of formats and runnable; ova needs the ovf descriptor."""
+    from ksbake.formats import format_options, runnable
+
+    chosen = conf.descriptor_format
+    if chosen is not None:
+        if chosen not in conf.formats:
+            raise ConfigError(
+                f"{path}: descriptor_format: {chosen!r} is not among formats "
+                f"({', '.join(conf.formats)})",
+                hint="add it to formats or choose one of them",
+            )
+        if not runnable(chosen, format_options(chosen, conf)):
+            raise ConfigError(
+                f"{path}: descriptor_format: {chosen} compressed with xz cannot be run by a "
+                "hypervisor",
+                hint='choose another format, or set raw_compression = "none"',
+            )
+    if conf.ova and conf.descriptors is not None and "ovf" not in conf.descriptors:
+        raise ConfigError(
+            f"{path}: ova: an OVA packs the OVF descriptor, and descriptors leaves out ovf",
+            hint='add "ovf" to descriptors',
+        )
 
 
 def forwarded_ports(conf: Settings) -> tuple[int, ...]:

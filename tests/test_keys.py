@@ -230,16 +230,27 @@ EDITS = [
     ),
     pytest.param(REFORMATTED, "", {}, id="reformatted"),
     pytest.param(DEMO, "memory = 1024\n", {"descriptor": {"memory"}}, id="memory"),
-    # the primary format stays qcow2: the descriptor's own inputs do not change (its key does,
-    # through the convert parent's new vmdk item: test_fan_out_parent_item_changes_the_key)
+    # the descriptor picks among the formats in their order (the first runnable one)
     pytest.param(
-        DEMO, 'formats = ["qcow2", "vmdk"]\n', {"convert": {"formats"}}, id="formats-add-vmdk"
+        DEMO,
+        'formats = ["qcow2", "vmdk"]\n',
+        {"convert": {"formats"}, "descriptor": {"formats"}},
+        id="formats-add-vmdk",
     ),
     pytest.param(
         DEMO,
         'formats = ["vmdk", "qcow2"]\n',
-        {"convert": {"formats"}, "descriptor": {"primary"}},
+        {"convert": {"formats"}, "descriptor": {"formats"}},
         id="formats-vmdk-first",
+    ),
+    pytest.param(
+        DEMO,
+        'formats = ["qcow2", "raw"]\ndescriptor_format = "raw"\n',
+        {"convert": {"formats"}, "descriptor": {"formats", "descriptor_format"}},
+        id="descriptor-format",
+    ),
+    pytest.param(
+        DEMO, 'vmdk_adapter = "ide"\n', {"descriptor": {"vmdk_adapter"}}, id="vmdk-adapter"
     ),
     # more of the matrix: what each of these reaches, and no further
     pytest.param(
@@ -281,7 +292,7 @@ def test_the_edits_change_what_they_say(base: dict[str, dict[str, Any]]) -> None
     formats = inputs_of(DEMO, 'formats = ["qcow2", "vmdk"]\n')["convert"]["formats"]
     assert formats["qcow2"] == base["convert"]["formats"]["qcow2"]  # its object is reused
     assert set(formats) == {"qcow2", "vmdk"}
-    assert base["descriptor"]["primary"] == "qcow2"
+    assert base["descriptor"]["formats"] == ["qcow2"]
 
 
 def test_a_format_option_changes_only_that_formats_entry(base: dict[str, dict[str, Any]]) -> None:

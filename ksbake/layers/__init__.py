@@ -119,6 +119,8 @@ def convert_inputs(src: Source) -> dict[str, Any]:
 
 
 def descriptor_inputs(src: Source) -> dict[str, Any]:
+    from ksbake.formats import DESCRIPTORS
+
     c = src.conf
     return {
         "name": c.name,
@@ -132,7 +134,11 @@ def descriptor_inputs(src: Source) -> dict[str, Any]:
         # one NIC per kickstart network line, as appliance-creator counted them
         "nics": len(src.ks.handler.network.network),
         "ova": c.ova,
-        "primary": c.formats[0],
+        "formats": list(c.formats),
+        "descriptors": list(c.descriptors or DESCRIPTORS),
+        "descriptors_asked": c.descriptors is not None,  # then a skipped one is noted
+        "descriptor_format": c.descriptor_format,
+        "vmdk_adapter": c.vmdk_adapter,
         "out_dir": src.out_dir,  # the libvirt domain names the published disks' paths
     }
 
@@ -234,7 +240,7 @@ CHAIN: tuple[Layer, ...] = (
     ),
     Layer(
         name="convert",
-        version=4,  # 4: the vmdk CID and the vdi UUIDs derived from the key
+        version=5,  # 5: vmdk adapter, hardware version and extent name; store files sda.EXT
         doc="disk formats (qcow2, vmdk, ...)",
         inputs=convert_inputs,
         each="formats",  # one object per format: a format change converts only that one
@@ -246,7 +252,7 @@ CHAIN: tuple[Layer, ...] = (
     ),
     Layer(
         name="descriptor",
-        version=3,
+        version=4,  # 4: runnable formats only; the OVF's controller follows the vmdk adapter
         doc="descriptors (virt-image, libvirt, OVF)",
         inputs=descriptor_inputs,
         parents=("convert",),

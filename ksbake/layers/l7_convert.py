@@ -37,6 +37,9 @@ def qemu_img_argv(src: Path, dst: Path, fmt: str, options: dict[str, str]) -> li
         opts.append(f"compression_type={options['compression']}")
     if fmt == "vmdk":
         opts.append(f"subformat={options['subformat']}")
+        for key in ("adapter_type", "hwversion"):
+            if options.get(key):
+                opts.append(f"{key}={options[key]}")
     if opts:
         argv += ["-o", ",".join(opts)]
     if sys.stdout.isatty():
@@ -55,7 +58,7 @@ def convert(
     records = []
     for disk in disks:
         src = Path(disk["file"])
-        dst = out_dir / file_name(None, disk["name"], fmt, options)
+        dst = out_dir / file_name(options.get("name"), disk["name"], fmt, options)
         if fmt == "raw" and options.get("compression") == "xz":
             print(f"Compressing {disk['name']} with xz", flush=True)
             with open(dst, "wb") as out:

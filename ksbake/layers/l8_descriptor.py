@@ -26,14 +26,21 @@ import re
 import tarfile
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from lxml import etree
 
 from ksbake.errors import ConfigError
-from ksbake.formats import FORMATS, LIBVIRT_FORMATS, OVF_FORMATS, VIRT_IMAGE_FORMATS, file_name
+from ksbake.formats import (
+    FORMATS,
+    LIBVIRT_FORMATS,
+    OVF_FORMATS,
+    VIRT_IMAGE_FORMATS,
+    file_name,
+    pick_format,
+)
 from ksbake.hashing import sha256_file
 from ksbake.layers.l7_convert import records_of
 from ksbake.runner import Job
@@ -121,6 +128,7 @@ class Appliance:
     nics: int = 1
     graphics: bool = True
     boot_disk: str | None = None
+    adapter: str = "lsilogic"  # the OVF's disk controller: the vmdk's ddb.adapterType
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "disks", tuple(self.disks))
@@ -475,21 +483,20 @@ def ovf_xml(app: Appliance) -> bytes:
         },
     )
     controller = str(next(instance))
-    _rasd_item(
-        hardware,
-        {
-            "Address": "0",
-            "Description": "SCSI Controller",
-            "ElementName": "SCSI controller 0",
-            "InstanceID": controller,
-            "ResourceSubType": "lsilogic",
-            "ResourceType": "6",
-        },
-    )
-    # SCSI IDs 0-15 except 7, the controller's own.
-    units = [u for u in range(16) if u != 7]
+    if app.adapter == "ide":  # ResourceType 5: an IDE controller, two disks on it
+        item = {"Description": "IDE Controller", "ElementName": "IDE controller 0"}
+        item |= {"ResourceType": "5"}
+        units = [0, 1]
+    else:  # ResourceType 6: a parallel SCSI HBA; IDs 0-15 except 7, the controller's own
+        item = {"Description": "SCSI Controller", "ElementName": "SCSI controller 0"}
+        item |= {"ResourceSubType": app.adapter, "ResourceType": "6"}
+        units = [u for u in range(16) if u != 7]
+    _rasd_item(hardware, {"Address": "0", "InstanceID": controller, **item})
     if len(ordered) > len(units):
-        raise ConfigError(f"appliance {app.name!r}: OVF: at most {len(units)} disks per SCSI bus")
+        raise ConfigError(
+            f"appliance {app.name!r}: OVF: at most {len(units)} disks on one {app.adapter} "
+            "controller"
+        )
     for n, unit in enumerate(units[: len(ordered)], 1):
         _rasd_item(
             hardware,
@@ -649,28 +656,46 @@ def _boot_disk(convert_dir: Path) -> str | None:
 
 
 def build(job: Job) -> dict[str, Any]:
-    """The layer's build: NAME.xml (virt-image), NAME.libvirt.xml, and for streamOptimized
-    vmdk disks NAME.ovf + NAME.mf (+ NAME.ova when asked)."""
+    """The layer's build: NAME.xml (virt-image) and NAME.libvirt.xml naming the first runnable
+    format each can describe (or ``descriptor_format``), and for streamOptimized vmdk disks
+    NAME.ovf + NAME.mf (+ NAME.ova when asked). What could not be written is noted."""
     inputs, converted, staging = job.inputs, job.parents["convert"], job.stage
     name, out_dir = inputs["name"], Path(inputs["out_dir"])
-    primary = inputs["primary"]
-    boot_disk = _boot_disk(Path(converted[primary]["dir"]))
-    app = appliance_for(inputs, primary, converted[primary], boot_disk)
-    (staging / f"{name}.xml").write_bytes(virt_image_xml(app))
-    domain = libvirt_domain_xml(
-        app,
-        [out_dir / d.file for d in app.disks],
-        domain_type="kvm" if inputs["accel"] == "kvm" else "qemu",
-    )
-    (staging / f"{name}.libvirt.xml").write_bytes(domain)
+    formats = [f for f in inputs["formats"] if f in converted]
+    options = {f: converted[f]["inputs"]["options"] for f in formats}
+    boot_disk = _boot_disk(Path(converted[formats[0]]["dir"]))
+    notes = []
+    for descriptor in ("virt-image", "libvirt"):
+        if descriptor not in inputs["descriptors"]:
+            continue
+        fmt = pick_format(descriptor, formats, options, inputs["descriptor_format"])
+        if fmt is None:
+            notes.append(f"{descriptor}: skipped, it cannot run {', '.join(formats)}")
+            continue
+        app = appliance_for(inputs, fmt, converted[fmt], boot_disk)
+        if descriptor == "virt-image":
+            (staging / f"{name}.xml").write_bytes(virt_image_xml(app))
+        else:
+            domain = libvirt_domain_xml(
+                app,
+                [out_dir / d.file for d in app.disks],
+                domain_type="kvm" if inputs["accel"] == "kvm" else "qemu",
+            )
+            (staging / f"{name}.libvirt.xml").write_bytes(domain)
+        notes.append(f"{descriptor}: {fmt}")
     vmdk = converted.get("vmdk")
-    if vmdk and vmdk["inputs"]["options"].get("subformat") == "streamOptimized":
+    stream = vmdk is not None and vmdk["inputs"]["options"].get("subformat") == "streamOptimized"
+    if "ovf" in inputs["descriptors"] and not stream and inputs["descriptors_asked"]:
+        notes.append("ovf: skipped, it needs streamOptimized vmdk among the formats")
+    if vmdk and stream and "ovf" in inputs["descriptors"]:
         ovf_app = appliance_for(inputs, "vmdk", vmdk, boot_disk)
+        ovf_app = replace(ovf_app, adapter=inputs["vmdk_adapter"])
         ovf = staging / f"{name}.ovf"
         ovf.write_bytes(ovf_xml(ovf_app))
         sums = {ovf.name: sha256_file(ovf)} | {d.file: d.sha256 for d in ovf_app.disks}
         mf = staging / f"{name}.mf"
         mf.write_text(ovf_manifest(sums))
+        notes.append("ovf: vmdk" + (" (and the OVA)" if inputs["ova"] else ""))
         if inputs["ova"]:
             records = records_of(Path(vmdk["dir"]))
             with tempfile.TemporaryDirectory(dir=staging) as tmp:
@@ -681,4 +706,8 @@ def build(job: Job) -> dict[str, Any]:
                 write_ova(ovf, links, mf, staging / f"{name}.ova")
     files = {p.name: sha256_file(p) for p in staging.iterdir() if p.is_file()}
     (staging / "result.json").write_text(json.dumps(files, indent=1, sort_keys=True))
-    return {"files": sorted(files), "seal": sorted(files)}
+    return {
+        "files": sorted(files),
+        "seal": sorted(files),
+        "note": "descriptors: " + "; ".join(notes),
+    }

@@ -1,0 +1,142 @@
+"""Descriptors name only disks a hypervisor can run; users choose the descriptors and their
+format; the vmdk and the OVF agree on the adapter, the hardware version and the file name."""
+
+from __future__ import annotations
+
+import re
+import struct
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+from ksbake.errors import ConfigError
+from ksbake.formats import format_options, pick_format, runnable
+from ksbake.layers import l7_convert
+from ksbake.layers import l8_descriptor as dsc
+from ksbake.settings import Settings, load
+from tests.conftest import Workspace, demo_kickstart, fails, ok
+
+XZ = {"raw": {"compression": "xz"}, "qcow2": {"compression": "zlib"}}
+
+
+def test_a_compressed_raw_disk_is_not_runnable() -> None:
+    assert not runnable("raw", {"compression": "xz"})
+    assert runnable("raw", {"compression": "none"}) and runnable("vhdx", {})
+
+
+@pytest.mark.parametrize(
+    ("descriptor", "formats", "chosen", "expected"),
+    [
+        ("virt-image", ["raw", "qcow2"], None, "qcow2"),  # raw.xz first: skipped
+        ("libvirt", ["raw", "qcow2"], None, "qcow2"),
+        ("virt-image", ["vhdx"], None, None),  # nothing it can describe
+        ("libvirt", ["vhdx", "vmdk"], None, "vmdk"),
+        ("libvirt", ["qcow2", "vmdk"], "vmdk", "vmdk"),  # descriptor_format wins
+        ("virt-image", ["qcow2", "vhdx"], "vhdx", None),  # ... if the descriptor can
+        ("ovf", ["qcow2", "vmdk"], None, "vmdk"),
+    ],
+)
+def test_each_descriptor_picks_a_runnable_format_it_can_describe(
+    descriptor: str, formats: list[str], chosen: str | None, expected: str | None
+) -> None:
+    assert pick_format(descriptor, formats, XZ, chosen) == expected
+
+
+@pytest.mark.parametrize(
+    ("toml", "words"),
+    [
+        ('formats = ["qcow2"]\ndescriptor_format = "vmdk"\n', "descriptor_format: 'vmdk' is not"),
+        (
+            'formats = ["raw"]\nraw_compression = "xz"\ndescriptor_format = "raw"\n',
+            "descriptor_format: raw compressed with xz",
+        ),
+        ('descriptors = ["virt-image", "vagrant"]\n', "unknown descriptor 'vagrant'"),
+        (
+            'formats = ["vmdk"]\nova = true\ndescriptors = ["libvirt"]\n',
+            "ova: an OVA packs the OVF descriptor",
+        ),
+        ('vmdk_adapter = "sata"\n', "vmdk_adapter"),
+    ],
+)
+def test_bad_choices_fail_at_load(tmp_path: Path, toml: str, words: str) -> None:
+    (tmp_path / "demo.toml").write_text(toml)
+    with pytest.raises(ConfigError) as info:
+        load("demo", tmp_path, {})
+    assert str(info.value).startswith(str(tmp_path / "demo.toml"))
+    assert words in str(info.value)
+
+
+def _vmdk_descriptor(path: Path) -> str:
+    with open(path, "rb") as f:
+        header = f.read(512)
+        offset, size = struct.unpack_from("<QQ", header, 28)
+        f.seek(offset * 512)
+        return f.read(size * 512).split(b"\0", 1)[0].decode()
+
+
+@pytest.mark.parametrize("adapter", ["lsilogic", "ide"])
+def test_vmdk_names_its_published_file_and_agrees_with_the_ovf(
+    tmp_path: Path, adapter: str
+) -> None:
+    raw = tmp_path / "sda.raw"
+    with open(raw, "wb") as f:
+        f.truncate(8 * 2**20)
+    conf = Settings(name="demo", formats=("vmdk",), vmdk_adapter=adapter)
+    options = format_options("vmdk", conf)
+    (record,) = l7_convert.convert([{"name": "sda", "file": str(raw)}], "vmdk", options, tmp_path)
+    assert record["object_file"] == "demo-sda.vmdk"
+    text = _vmdk_descriptor(tmp_path / "demo-sda.vmdk")
+    assert re.search(r'^RW \d+ SPARSE "demo-sda.vmdk"$', text, re.M), text
+    assert f'ddb.adapterType = "{adapter}"' in text
+    assert 'ddb.virtualHWVersion = "7"' in text
+
+    disk = dsc.DiskImage("sda", "demo-sda.vmdk", "vmdk", record["virtual_size"], 1, "0" * 64)
+    ovf = etree.fromstring(dsc.ovf_xml(dsc.Appliance("demo", (disk,), adapter=adapter)))
+    ns = {"ovf": dsc.OVF_NS, "rasd": dsc.RASD_NS, "vssd": dsc.VSSD_NS}
+    assert ovf.findtext(".//vssd:VirtualSystemType", namespaces=ns) == "vmx-07"
+    types = [
+        i.findtext("rasd:ResourceType", namespaces=ns) for i in ovf.iterfind(".//ovf:Item", ns)
+    ]
+    if adapter == "ide":
+        assert "5" in types and "6" not in types
+    else:
+        assert "6" in types and "5" not in types
+        assert ovf.findtext(".//rasd:ResourceSubType", namespaces=ns) == "lsilogic"
+
+
+@pytest.mark.slow
+def test_xz_raw_first_describes_qcow2_and_vhdx_alone_builds(workspace: Workspace) -> None:
+    workspace.write("demo.ks", demo_kickstart())
+    workspace.write(
+        "demo.toml",
+        'formats = ["raw", "qcow2"]\nraw_compression = "xz"\nqcow2_compression = "zstd"\n',
+    )
+    r = workspace.doit("appliance:demo")
+    ok(r)
+    out = workspace.root / "out" / "demo"
+    virt_image = (out / "demo.xml").read_text()
+    assert "demo-sda.qcow2" in virt_image and "raw.xz" not in virt_image
+    domain = (out / "demo.libvirt.xml").read_text()
+    assert "demo-sda.qcow2" in domain and "type='qcow2'" in domain.replace('"', "'")
+    assert "descriptors: virt-image: qcow2; libvirt: qcow2" in r.out
+
+    workspace.write(
+        "demo.toml", 'formats = ["vhdx"]\ndescriptors = ["virt-image", "libvirt", "ovf"]\n'
+    )
+    r = workspace.doit("appliance:demo")
+    ok(r)
+    assert (out / "demo-sda.vhdx").is_file()
+    assert not (out / "demo.xml").exists() and not (out / "demo.libvirt.xml").exists()
+    assert "virt-image: skipped, it cannot run vhdx" in r.out
+    assert "ovf: skipped, it needs streamOptimized vmdk" in r.out
+
+
+def test_descriptor_format_not_built_fails_the_build_at_load(workspace: Workspace) -> None:
+    workspace.write("demo.ks", demo_kickstart())
+    workspace.write("demo.toml", 'descriptor_format = "vdi"\n')
+    fails(
+        workspace,
+        "demo.toml: descriptor_format: 'vdi' is not among formats",
+        target="kickstart:demo",
+    )
