@@ -6,12 +6,14 @@ Thin on purpose: configuration, then the task creators from tasks/.
 from ksbake.report import run_id
 from tasks.appliance import task_appliance  # noqa: F401
 from tasks.boottest import task_boottest  # noqa: F401
+from tasks.cli import check_command_line
 from tasks.common import PATHS, XxhashChecker, interrupt_in_one_line
 from tasks.gc import task_gc  # noqa: F401
 from tasks.layers import creators
 from tasks.repo import task_distro, task_repo  # noqa: F401
 from tasks.verify import task_verify  # noqa: F401
 
+check_command_line(PATHS)  # a missing configs/ or a mistyped appliance: one line, exit 2
 globals().update(creators())  # task_kickstart ... task_publish, one per layer of the chain
 interrupt_in_one_line()
 PATHS.cache.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ksbake import report
+from tasks.cli import entry_points
 from tasks.common import PATHS
 
 LAYERS = ["kickstart", "lock", "packages", "config", "disks", "bootloader"]
@@ -23,7 +24,9 @@ def _layers(name: str) -> list[str]:
 
 def task_appliance() -> Iterator[dict]:
     """Build appliances: `doit appliance` builds all of them, `doit appliance:NAME` one."""
-    for name in PATHS.appliances():
+    names = PATHS.appliances()
+    yield {"name": None, "doc": entry_points("appliance", "build (all, or one)", names)}
+    for name in names:
         yield {
             "name": name,
             "doc": f"build the {name} appliance",

@@ -9,12 +9,15 @@ from doit.tools import config_changed
 
 from ksbake import boottest
 from ksbake.errors import KsbakeError
+from tasks.cli import entry_points
 from tasks.common import PATHS, action
 
 
 def task_boottest() -> Iterator[dict]:
     """Boot each appliance in QEMU (TCG unless `accel` says otherwise) and wait for its marker."""
-    for name in PATHS.appliances():
+    names = PATHS.appliances()
+    yield {"name": None, "doc": entry_points("boottest", "boot in QEMU, log in, check", names)}
+    for name in names:
         try:
             boot = boottest.boot_settings(PATHS, name)
         except KsbakeError:

@@ -1,0 +1,79 @@
+"""The command line as a new user meets it: doit list shows the per-appliance entry points, a
+mistyped appliance or a missing configs directory gets one clear line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ksbake.paths import Paths
+from tasks.cli import entry_points, positional, problem
+from tests.conftest import Workspace, demo_kickstart
+
+
+def _paths(tmp_path: Path, *names: str) -> Paths:
+    configs = tmp_path / "configs"
+    configs.mkdir(exist_ok=True)
+    for name in names:
+        (configs / f"{name}.ks").write_text("")
+    return Paths.from_env(
+        environ={"KSBAKE_CONFIGS": str(configs), "KSBAKE_CACHE": str(tmp_path / "c")}
+    )
+
+
+def test_positional_arguments_skip_options_and_their_values() -> None:
+    argv = ["-f", "dodo.py", "-d", "/x", "-n", "2", "--continue", "info", "appliance:demo"]
+    assert positional(argv) == ["info", "appliance:demo"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["appliance:dmeo"], "there is no appliance 'dmeo'"),
+        (["appliance:dmeo"], "did you mean 'demo'?"),
+        (["boottest:severs"], "did you mean 'server'?"),
+        (["info", "disks:zzz"], "known: demo, server"),
+    ],
+)
+def test_a_mistyped_appliance_is_named_with_the_nearest(
+    tmp_path: Path, argv: list[str], words: str
+) -> None:
+    line = problem(argv, _paths(tmp_path, "demo", "server"))
+    assert line is not None and line.startswith("ksbake: error: ") and words in line
+
+
+@pytest.mark.parametrize(
+    "argv", [["appliance:demo"], ["list"], ["repo"], ["distro", "gc"], ["help", "appliance"]]
+)
+def test_valid_command_lines_pass(tmp_path: Path, argv: list[str]) -> None:
+    assert problem(argv, _paths(tmp_path, "demo")) is None
+
+
+def test_a_missing_configs_directory_is_said_unless_no_appliance_is_wanted(tmp_path: Path) -> None:
+    paths = Paths.from_env(environ={"KSBAKE_CONFIGS": str(tmp_path / "nowhere")})
+    for argv in ([], ["appliance"], ["boottest:demo"]):
+        line = problem(argv, paths)
+        assert line is not None and f"{tmp_path / 'nowhere'} does not exist" in line
+    for argv in (["list"], ["repo"], ["distro"]):
+        assert problem(argv, paths) is None
+
+
+def test_entry_points_line() -> None:
+    assert entry_points("appliance", "build", ["a", "b"]) == "build: appliance:a, appliance:b"
+    many = entry_points("boottest", "boot", [f"n{i}" for i in range(10)], limit=3)
+    assert many.endswith("boottest:n2 and 7 more (doit list --all)")
+
+
+def test_doit_says_it_in_one_line(workspace: Workspace) -> None:
+    workspace.write("demo.ks", demo_kickstart())
+    r = workspace.doit("appliance:dmeo")
+    assert r.rc == 2 and r.err.strip().splitlines() == [
+        f"ksbake: error: appliance:dmeo: there is no appliance 'dmeo' ({workspace.configs}/dmeo.ks "
+        "does not exist; did you mean 'demo'?)"
+    ]
+    listed = workspace.doit("list")
+    assert "appliance    build (all, or one): appliance:demo" in listed.out
+    assert "boottest:demo" in listed.out
+    gone = workspace.doit("appliance", extra_env={"KSBAKE_CONFIGS": str(workspace.root / "nope")})
+    assert gone.rc == 2 and "nope does not exist" in gone.err
