@@ -103,5 +103,10 @@ class Paths:
     def settings(self, name: str) -> Path:
         return self.configs / f"{name}.toml"
 
+    @property
+    def local_settings(self) -> Path:
+        """This host's settings for every appliance (mirrors, accel): untracked."""
+        return self.configs / "local.toml"
+
     def appliances(self) -> list[str]:
         return sorted(p.stem for p in self.configs.glob("*.ks"))

@@ -366,6 +366,10 @@ FIELDS.update(
 )
 
 
+LOCAL_SETTINGS = "local.toml"  # in configs/, untracked: what differs per build host
+LOCAL_KEYS = ("mirrors", "accel")
+
+
 def parse_mirrors(text: str, source: str) -> dict[str, str]:
     """``name=url,name=url`` (the ``KSBAKE_MIRRORS`` format)."""
     out: dict[str, str] = {}
@@ -377,49 +381,66 @@ def parse_mirrors(text: str, source: str) -> dict[str, str]:
     return out
 
 
+def _read(path: Path, fields: dict[str, Field]) -> dict[str, Any]:
+    """The validated values of one settings file (only ``fields`` allowed)."""
+    values: dict[str, Any] = {}
+    try:
+        raw = tomllib.loads(read_bounded(path).decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    for key, value in raw.items():
+        spec = fields.get(key)
+        if spec is None:
+            raise ConfigError(
+                f"{path}: unknown key '{key}'", hint=f"known keys: {', '.join(fields)}"
+            )
+        if not isinstance(value, spec.types) or (
+            bool not in spec.types and isinstance(value, bool)
+        ):
+            want = " or ".join(
+                {
+                    "str": "string",
+                    "dict": "table",
+                    "int": "integer",
+                    "bool": "boolean",
+                    "list": "array",
+                    "float": "number",
+                }[t.__name__]
+                for t in spec.types
+            )
+            raise ConfigError(f"{path}: key '{key}' must be of type {want}, got {value!r}")
+        try:
+            values[key] = spec.check(value) if spec.check else value
+        except ValueError as exc:
+            raise ConfigError(f"{path}: key '{key}' {exc}") from None
+    return values
+
+
 def load(name: str, configs_dir: Path, environ: dict[str, str] | None = None) -> Settings:
-    """Read ``configs_dir/NAME.toml`` if it exists, validate it and apply env overrides."""
+    """Read ``configs_dir/NAME.toml`` if it exists, then ``configs_dir/local.toml`` (this
+    host's mirrors and accel, untracked), validate them and apply the environment's overrides."""
     env = os.environ if environ is None else environ
     path = configs_dir / f"{name}.toml"
+    if name == LOCAL_SETTINGS.removesuffix(".toml"):
+        raise ConfigError(
+            f"{configs_dir / name}.ks: 'local' cannot be an appliance name: configs/local.toml "
+            "holds this host's settings",
+            hint="rename the kickstart",
+        )
     if not NAME_RE.fullmatch(name) or len(name) > 64:
         raise ConfigError(
             f"{configs_dir / name}.ks: {name!r} cannot be an appliance name",
             hint="name the kickstart with letters, digits and . _ + - (64 at most), "
             "starting with a letter or digit",
         )
-    values: dict[str, Any] = {}
-    if path.exists():
-        try:
-            raw = tomllib.loads(read_bounded(path).decode())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: {exc}") from None
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from None
-        for key, value in raw.items():
-            spec = FIELDS.get(key)
-            if spec is None:
-                raise ConfigError(
-                    f"{path}: unknown key '{key}'", hint=f"known keys: {', '.join(FIELDS)}"
-                )
-            if not isinstance(value, spec.types) or (
-                bool not in spec.types and isinstance(value, bool)
-            ):
-                want = " or ".join(
-                    {
-                        "str": "string",
-                        "dict": "table",
-                        "int": "integer",
-                        "bool": "boolean",
-                        "list": "array",
-                        "float": "number",
-                    }[t.__name__]
-                    for t in spec.types
-                )
-                raise ConfigError(f"{path}: key '{key}' must be of type {want}, got {value!r}")
-            try:
-                values[key] = spec.check(value) if spec.check else value
-            except ValueError as exc:
-                raise ConfigError(f"{path}: key '{key}' {exc}") from None
+    values = _read(path, FIELDS) if path.exists() else {}
+    local = configs_dir / LOCAL_SETTINGS
+    if local.exists():  # this host's mirrors and accelerator, for every appliance
+        here = _read(local, {k: FIELDS[k] for k in LOCAL_KEYS})
+        values["mirrors"] = {**values.get("mirrors", {}), **here.pop("mirrors", {})}
+        values.update(here)
     if env.get("KSBAKE_MIRRORS"):
         mirrors = dict(values.get("mirrors", {}))
         mirrors.update(parse_mirrors(env["KSBAKE_MIRRORS"], "KSBAKE_MIRRORS"))

@@ -42,8 +42,9 @@ def _code(layer: Layer) -> list[str]:
 
 def _kickstart(layer: Layer, name: str) -> dict[str, Any]:
     deps = recorded_files(PATHS, name)
-    if PATHS.settings(name).exists():
-        deps.append(str(PATHS.settings(name)))
+    for settings in (PATHS.settings(name), PATHS.local_settings):
+        if settings.exists():
+            deps.append(str(settings))
     return {
         "file_dep": deps,
         "targets": [_build(name, f"inputs/{x.name}.json") for x in CHAIN if x.inputs]

@@ -197,3 +197,25 @@ def test_bad_login_settings(tmp_path: Path, text: str, needle: str) -> None:
     message = str(info.value)
     assert message.startswith(f"{tmp_path / 'x.toml'}: key 'boot_"), message
     assert needle in message and "\n" not in message
+
+
+def test_local_toml_holds_this_hosts_mirrors_and_accel(tmp_path: Path) -> None:
+    """configs/local.toml (untracked) applies to every appliance: its mirrors over the
+    appliance's, KSBAKE_MIRRORS over both."""
+    (tmp_path / "demo.toml").write_text('mirrors = { fedora = "http://a", updates = "http://b" }\n')
+    (tmp_path / "local.toml").write_text('mirrors = { fedora = "file:///m" }\naccel = "kvm"\n')
+    conf = settings.load("demo", tmp_path, {})
+    assert conf.mirrors == {"fedora": "file:///m", "updates": "http://b"}
+    assert conf.accel == "kvm"
+    env = settings.load("demo", tmp_path, {"KSBAKE_MIRRORS": "fedora=file:///env"})
+    assert env.mirrors["fedora"] == "file:///env"
+    assert settings.load("other", tmp_path, {}).mirrors == {"fedora": "file:///m"}
+
+
+def test_local_toml_takes_only_host_keys(tmp_path: Path) -> None:
+    (tmp_path / "local.toml").write_text('formats = ["vmdk"]\n')
+    with pytest.raises(ConfigError, match=r"local.toml: unknown key 'formats'.*mirrors, accel"):
+        settings.load("demo", tmp_path, {})
+    (tmp_path / "local.toml").unlink()
+    with pytest.raises(ConfigError, match="'local' cannot be an appliance name"):
+        settings.load("local", tmp_path, {})

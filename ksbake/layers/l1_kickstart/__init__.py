@@ -106,7 +106,7 @@ def bundled_repos_used(paths: Paths, name: str) -> list[str]:
     """Cheap text check (no parsing) used when doit loads: which bundled repositories
     (tasks ``repo``, ``distro``) does the build need?"""
     texts = []
-    for f in [*recorded_files(paths, name), str(paths.settings(name))]:
+    for f in [*recorded_files(paths, name), str(paths.settings(name)), str(paths.local_settings)]:
         with contextlib.suppress(OSError):  # the kickstart task says what is wrong with it
             texts.append(read_bounded(f).decode(errors="replace"))
     texts.append(os.environ.get("KSBAKE_MIRRORS", ""))
