@@ -76,6 +76,7 @@ class Settings:
     raw_compression: str = "none"
     vmdk_subformat: str = "streamOptimized"
     vmdk_adapter: str = "lsilogic"
+    ovf_digest: str = "sha256"
     descriptors: tuple[str, ...] | None = None  # None: every descriptor the formats allow
     descriptor_format: str | None = None  # None: each descriptor's first runnable format
     version: str = "1.0"
@@ -342,6 +343,12 @@ FIELDS.update(
             "the vmdk's adapter and the OVF's disk controller: lsilogic (VMware), buslogic, "
             "or ide (old VirtualBox)",
             _one_of("lsilogic", "buslogic", "ide"),
+        ),
+        "ovf_digest": Field(
+            (str,),
+            "digest of the OVF manifest: sha256 (ovftool 4.2+, vSphere 6.5+, VirtualBox 5.1+) "
+            "or sha1 (the OVF 1.0 specification; older VMware clients)",
+            _one_of("sha256", "sha1"),
         ),
         "descriptors": Field(
             (list,), "descriptors to write: virt-image, libvirt, ovf (default: all)", _descriptors

@@ -140,3 +140,27 @@ def test_descriptor_format_not_built_fails_the_build_at_load(workspace: Workspac
         "demo.toml: descriptor_format: 'vdi' is not among formats",
         target="kickstart:demo",
     )
+
+
+def test_manifest_digest_is_a_choice() -> None:
+    sha1 = dsc.ovf_manifest({"a.ovf": "1" * 40, "a-sda.vmdk": "2" * 40}, "sha1")
+    assert sha1 == f"SHA1(a.ovf)= {'1' * 40}\nSHA1(a-sda.vmdk)= {'2' * 40}\n"
+    with pytest.raises(ConfigError, match="sha1 must be 40"):
+        dsc.ovf_manifest({"a.ovf": "1" * 64}, "sha1")
+
+
+@pytest.mark.slow
+def test_sha1_manifest_matches_the_published_files(workspace: Workspace) -> None:
+    import hashlib
+
+    workspace.write("demo.ks", demo_kickstart())
+    workspace.write("demo.toml", 'formats = ["vmdk"]\novf_digest = "sha1"\nvmdk_adapter = "ide"\n')
+    ok(workspace.doit("appliance:demo"))
+    out = workspace.root / "out" / "demo"
+    lines = (out / "demo.mf").read_text().splitlines()
+    assert [ln.split("(")[0] for ln in lines] == ["SHA1", "SHA1"]
+    for line in lines:
+        name, digest = re.fullmatch(r"SHA1\((.+)\)= ([0-9a-f]{40})", line).groups()
+        assert hashlib.sha1((out / name).read_bytes()).hexdigest() == digest
+    assert 'ddb.adapterType = "ide"' in _vmdk_descriptor(out / "demo-sda.vmdk")
+    assert "<rasd:ResourceType>5</rasd:ResourceType>" in (out / "demo.ovf").read_text()

@@ -139,6 +139,7 @@ def descriptor_inputs(src: Source) -> dict[str, Any]:
         "descriptors_asked": c.descriptors is not None,  # then a skipped one is noted
         "descriptor_format": c.descriptor_format,
         "vmdk_adapter": c.vmdk_adapter,
+        "ovf_digest": c.ovf_digest,
         "out_dir": src.out_dir,  # the libvirt domain names the published disks' paths
     }
 

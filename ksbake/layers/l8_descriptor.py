@@ -20,6 +20,7 @@ probed by the layer that wrote the images, never here).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -541,20 +542,36 @@ def ovf_xml(app: Appliance) -> bytes:
     return _serialize(envelope, declaration=True)
 
 
-def ovf_manifest(files: Mapping[str, str]) -> str:
-    """The .mf text: ``SHA256(name)= hex`` per file, in the order given.
+MANIFEST_DIGESTS = {"sha256": ("SHA256", 64), "sha1": ("SHA1", 40)}
 
-    OVF 1.0 manifests used SHA1; SHA256 lines are OVF 2.0 and read by VirtualBox and by
-    ovftool 4 / vSphere 6 and later. List the descriptor first, then the disks.
+
+def ovf_manifest(files: Mapping[str, str], algorithm: str = "sha256") -> str:
+    """The .mf text: ``SHA256(name)= hex`` (or ``SHA1(...)``) per file, in the order given.
+
+    The OVF 1.0 specification (DSP0243) names SHA-1, and vSphere before 6.5 and ovftool before
+    4.2 accept nothing else; ovftool 4.2+, vSphere 6.5+ and VirtualBox 5.1+ read (and write)
+    SHA-256 lines. The ``ovf_digest`` setting chooses. List the descriptor first, then the disks.
     """
+    tag, width = MANIFEST_DIGESTS[algorithm]
     lines = []
     for name, digest in files.items():
         if "/" in name or not name:
             raise ConfigError(f"manifest entry {name!r} must be a plain file name")
-        if not _SHA256_RE.fullmatch(digest):
-            raise ConfigError(f"manifest entry {name!r}: sha256 must be 64 lowercase hex digits")
-        lines.append(f"SHA256({name})= {digest}\n")
+        if not re.fullmatch(f"[0-9a-f]{{{width}}}", digest):
+            raise ConfigError(
+                f"manifest entry {name!r}: {algorithm} must be {width} lowercase hex digits"
+            )
+        lines.append(f"{tag}({name})= {digest}\n")
     return "".join(lines)
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    """hex digest of a file (sha256 is already known for disks: only sha1 reads them again)."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def ovf_references(ovf: bytes) -> list[str]:
@@ -692,9 +709,19 @@ def build(job: Job) -> dict[str, Any]:
         ovf_app = replace(ovf_app, adapter=inputs["vmdk_adapter"])
         ovf = staging / f"{name}.ovf"
         ovf.write_bytes(ovf_xml(ovf_app))
-        sums = {ovf.name: sha256_file(ovf)} | {d.file: d.sha256 for d in ovf_app.disks}
+        algorithm = inputs["ovf_digest"]
+        if algorithm == "sha256":
+            sums = {ovf.name: sha256_file(ovf)} | {d.file: d.sha256 for d in ovf_app.disks}
+        else:
+            disk_files = [
+                Path(vmdk["dir"]) / r["object_file"] for r in records_of(Path(vmdk["dir"]))
+            ]
+            sums = {ovf.name: file_digest(ovf, algorithm)} | {
+                d.file: file_digest(f, algorithm)
+                for d, f in zip(ovf_app.disks, disk_files, strict=True)
+            }
         mf = staging / f"{name}.mf"
-        mf.write_text(ovf_manifest(sums))
+        mf.write_text(ovf_manifest(sums, algorithm))
         notes.append("ovf: vmdk" + (" (and the OVA)" if inputs["ova"] else ""))
         if inputs["ova"]:
             records = records_of(Path(vmdk["dir"]))
