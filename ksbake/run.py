@@ -182,6 +182,16 @@ def _python_module(module: str, attr: str) -> Callable[[], str | None]:
     return version
 
 
+OSINFO_DB = Path("/usr/share/osinfo")  # libosinfo's database (Debian/Fedora: osinfo-db)
+
+
+def _file_text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
 VERSIONS: dict[str, Callable[[], str | None]] = {
     # name in a layer's ``tools``: how to read its version (None: the tool is absent)
     "dnf": _python_module("dnf.const", "VERSION"),
@@ -196,6 +206,7 @@ VERSIONS: dict[str, Callable[[], str | None]] = {
     "mke2fs.conf": _mke2fs_conf,
     "grub-mkimage": _grub_mkimage,
     "qemu-img": lambda: _first_line(["qemu-img", "--version"]),
+    "osinfo-db": lambda: _file_text(OSINFO_DB / "VERSION"),
 }
 
 

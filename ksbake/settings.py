@@ -77,6 +77,7 @@ class Settings:
     vmdk_subformat: str = "streamOptimized"
     vmdk_adapter: str = "lsilogic"
     ovf_digest: str = "sha256"
+    libvirt_network: str = "default"
     descriptors: tuple[str, ...] | None = None  # None: every descriptor the formats allow
     descriptor_format: str | None = None  # None: each descriptor's first runnable format
     version: str = "1.0"
@@ -302,6 +303,12 @@ FIELDS.update(
 )
 
 
+def _network_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]{1,64}", value):
+        raise ValueError(f"must be a libvirt network name or 'user', got {value!r}")
+    return value
+
+
 def _descriptors(value: list[Any]) -> tuple[str, ...]:
     from ksbake.formats import DESCRIPTORS
 
@@ -343,6 +350,12 @@ FIELDS.update(
             "the vmdk's adapter and the OVF's disk controller: lsilogic (VMware), buslogic, "
             "or ide (old VirtualBox)",
             _one_of("lsilogic", "buslogic", "ide"),
+        ),
+        "libvirt_network": Field(
+            (str,),
+            "the libvirt network the domain's NICs join, or user (QEMU user networking: no "
+            "libvirt network needed)",
+            _network_name,
         ),
         "ovf_digest": Field(
             (str,),

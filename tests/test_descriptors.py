@@ -450,6 +450,10 @@ def test_libvirt_xml_validates_with_virt_xml_validate(tmp_path: Path) -> None:
     variants["i686"] = dsc.libvirt_domain_xml(
         Appliance("x86", CASES["demo"].disks, arch="i686", nics=2), ["/d.qcow2"]
     )
+    known = Appliance(
+        "srv", CASES["demo"].disks, os_id="http://debian.org/debian/11", guest_agent=True
+    )
+    variants["osinfo-agent-user-net"] = dsc.libvirt_domain_xml(known, ["/d.qcow2"], network=None)
     for name, data in variants.items():
         path = tmp_path / f"{name}.xml"
         path.write_bytes(data)

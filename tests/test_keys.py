@@ -351,7 +351,7 @@ def test_key_of_changes_with_a_tool_version(monkeypatch: pytest.MonkeyPatch) -> 
     assert key_of(disks, keyed_inputs, {}, parents) != before
     # a layer without tools does not ask for their versions
     monkeypatch.setattr(run, "tool_versions", lambda names: pytest.fail(f"asked for {names}"))
-    key_of(LAYERS["descriptor"], {"memory": 512}, {}, {"convert": {"qcow2": "k"}})
+    key_of(LAYERS["publish"], {"mode": "copy"}, {}, {"descriptor": "d"})
 
 
 def test_tool_version_cache_is_what_keys_read(monkeypatch: pytest.MonkeyPatch) -> None:

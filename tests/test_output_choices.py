@@ -119,7 +119,7 @@ def test_xz_raw_first_describes_qcow2_and_vhdx_alone_builds(workspace: Workspace
     assert "demo-sda.qcow2" in virt_image and "raw.xz" not in virt_image
     domain = (out / "demo.libvirt.xml").read_text()
     assert "demo-sda.qcow2" in domain and "type='qcow2'" in domain.replace('"', "'")
-    assert "descriptors: virt-image: qcow2; libvirt: qcow2" in r.out
+    assert "virt-image: qcow2; libvirt: qcow2" in r.out
 
     workspace.write(
         "demo.toml", 'formats = ["vhdx"]\ndescriptors = ["virt-image", "libvirt", "ovf"]\n'
@@ -164,3 +164,75 @@ def test_sha1_manifest_matches_the_published_files(workspace: Workspace) -> None
         assert hashlib.sha1((out / name).read_bytes()).hexdigest() == digest
     assert 'ddb.adapterType = "ide"' in _vmdk_descriptor(out / "demo-sda.vmdk")
     assert "<rasd:ResourceType>5</rasd:ResourceType>" in (out / "demo.ovf").read_text()
+
+
+def _osinfo_db(tmp_path: Path) -> Path:
+    db = tmp_path / "osinfo"
+    for vendor, name, os_id, shorts in (
+        ("fedoraproject.org", "fedora-37", "http://fedoraproject.org/fedora/37", ["fedora37"]),
+        (
+            "fedoraproject.org",
+            "fedora-unknown",
+            "http://fedoraproject.org/fedora/unknown",
+            ["fedora-unknown"],
+        ),
+        ("debian.org", "debian-11", "http://debian.org/debian/11", ["debian11", "debianbullseye"]),
+    ):
+        (db / "os" / vendor).mkdir(parents=True, exist_ok=True)
+        ids = "".join(f"<short-id>{s}</short-id>" for s in shorts)
+        (db / "os" / vendor / f"{name}.xml").write_text(
+            f'<libosinfo><os id="{os_id}">{ids}</os></libosinfo>'
+        )
+    return db
+
+
+@pytest.mark.parametrize(
+    ("release", "expected"),
+    [
+        ({"ID": "fedora", "VERSION_ID": "37"}, "http://fedoraproject.org/fedora/37"),
+        ({"ID": "fedora", "VERSION_ID": "99"}, "http://fedoraproject.org/fedora/unknown"),
+        ({"ID": "debian", "VERSION_ID": "11"}, "http://debian.org/debian/11"),
+        ({"ID": "debian", "VERSION_ID": "12"}, None),  # newer than the database, no -unknown
+        ({"ID": "ksbake", "VERSION_ID": "1"}, None),
+        ({}, None),
+    ],
+)
+def test_libosinfo_id_from_os_release(tmp_path: Path, release: dict, expected: str | None) -> None:
+    assert dsc.osinfo_id(release, _osinfo_db(tmp_path)) == expected
+
+
+def test_os_release_is_read_from_the_tree_never_through_a_link(tmp_path: Path) -> None:
+    upper, lower = tmp_path / "upper", tmp_path / "lower"
+    (lower / "usr/lib").mkdir(parents=True)
+    (lower / "usr/lib/os-release").write_text('ID=fedora\nVERSION_ID="40"\nNAME="Fedora Linux"\n')
+    (lower / "etc").mkdir()
+    (lower / "etc/os-release").symlink_to("/etc/passwd")  # absolute: the host's file
+    upper.mkdir()
+    assert dsc.os_release([upper, lower]) == {
+        "ID": "fedora",
+        "VERSION_ID": "40",
+        "NAME": "Fedora Linux",
+    }
+
+
+def test_domain_metadata_agent_channel_and_user_network() -> None:
+    disk = dsc.DiskImage("sda", "a-sda.qcow2", "qcow2", 1 << 30, 1, "0" * 64)
+    app = dsc.Appliance("a", (disk,), os_id="http://debian.org/debian/11", guest_agent=True)
+    xml = dsc.libvirt_domain_xml(app, ["/x/a-sda.qcow2"], network=None).decode()
+    assert '<libosinfo:os id="http://debian.org/debian/11"/>' in xml
+    assert '<target type="virtio" name="org.qemu.guest_agent.0"/>' in xml
+    assert '<interface type="user">' in xml
+    plain = dsc.libvirt_domain_xml(dsc.Appliance("a", (disk,)), ["/x/a-sda.qcow2"]).decode()
+    assert "libosinfo" not in plain and "guest_agent" not in plain
+    assert '<source network="default"/>' in plain
+
+
+@pytest.mark.slow
+def test_libvirt_network_user_reaches_the_domain(workspace: Workspace) -> None:
+    workspace.write("demo.ks", demo_kickstart())
+    workspace.write("demo.toml", 'libvirt_network = "user"\n')
+    ok(workspace.doit("appliance:demo"))
+    domain = (workspace.root / "out/demo/demo.libvirt.xml").read_text()
+    assert '<interface type="user">' in domain
+    workspace.write("demo.toml", 'libvirt_network = "no network"\n')
+    fails(workspace, "demo.toml: key 'libvirt_network' must be a libvirt network name")

@@ -140,6 +140,7 @@ def descriptor_inputs(src: Source) -> dict[str, Any]:
         "descriptor_format": c.descriptor_format,
         "vmdk_adapter": c.vmdk_adapter,
         "ovf_digest": c.ovf_digest,
+        "libvirt_network": c.libvirt_network,
         "out_dir": src.out_dir,  # the libvirt domain names the published disks' paths
     }
 
@@ -253,10 +254,11 @@ CHAIN: tuple[Layer, ...] = (
     ),
     Layer(
         name="descriptor",
-        version=4,  # 4: runnable formats only; the OVF's controller follows the vmdk adapter
+        version=4,  # 4: runnable formats; OVF controller = vmdk adapter; libosinfo id, agent
         doc="descriptors (virt-image, libvirt, OVF)",
         inputs=descriptor_inputs,
         parents=("convert",),
+        tools=("osinfo-db",),  # the libosinfo id comes from the host's database
         build=L + "l8_descriptor:build",
         isolation=IN_PROCESS,
         code=("layers/l8_descriptor.py", "formats"),

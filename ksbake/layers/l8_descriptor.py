@@ -44,6 +44,7 @@ from ksbake.formats import (
 )
 from ksbake.hashing import sha256_file
 from ksbake.layers.l7_convert import records_of
+from ksbake.run import OSINFO_DB
 from ksbake.runner import Job
 from ksbake.settings import NAME_RE, VERSION_RE
 
@@ -59,6 +60,8 @@ RASD_NS = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocat
 VSSD_NS = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData"
 VMW_NS = "http://www.vmware.com/schema/ovf"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
+LIBOSINFO_NS = "http://libosinfo.org/xmlns/libvirt/domain/1.0"
+GUEST_AGENT = ("usr/bin/qemu-ga", "usr/sbin/qemu-ga")
 
 # libvirt machine type and whether the arch has x86 features (apic, rtc/pit timers).
 _LIBVIRT_MACHINES = {"x86_64": ("q35", True), "i686": ("q35", True), "aarch64": ("virt", False)}
@@ -130,6 +133,8 @@ class Appliance:
     graphics: bool = True
     boot_disk: str | None = None
     adapter: str = "lsilogic"  # the OVF's disk controller: the vmdk's ddb.adapterType
+    os_id: str | None = None  # libosinfo's id of the installed OS (the libvirt domain says it)
+    guest_agent: bool = False  # the tree has qemu-guest-agent: give it its virtio channel
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "disks", tuple(self.disks))
@@ -324,6 +329,12 @@ def libvirt_domain_xml(
     _sub(domain, "name", app.name)
     if app.full_version:
         _sub(domain, "description", f"{app.name} {app.full_version}")
+    if app.os_id:  # as virt-install writes it: virt-manager and libvirt tools read it
+        metadata = _sub(domain, "metadata")
+        info = etree.SubElement(
+            metadata, f"{{{LIBOSINFO_NS}}}libosinfo", nsmap={"libosinfo": LIBOSINFO_NS}
+        )
+        etree.SubElement(info, f"{{{LIBOSINFO_NS}}}os", id=app.os_id)
     _sub(domain, "memory", str(app.memory_mib * KiB), unit="KiB")
     _sub(domain, "currentMemory", str(app.memory_mib * KiB), unit="KiB")
     _sub(domain, "vcpu", str(app.vcpus))
@@ -374,6 +385,9 @@ def libvirt_domain_xml(
             _sub(chardev, "target", port="0")
         else:
             _sub(chardev, "target", type="serial", port="0")
+    if app.guest_agent:
+        channel = _sub(devices, "channel", type="unix")
+        _sub(channel, "target", type="virtio", name="org.qemu.guest_agent.0")
     if app.graphics if graphics is None else graphics:
         _sub(devices, "graphics", type="vnc", port="-1", autoport="yes", listen="127.0.0.1")
     rng = _sub(devices, "rng", model="virtio")
@@ -664,6 +678,59 @@ def appliance_for(
     )
 
 
+def _tree_layers(convert_dir: Path) -> list[Path]:
+    """The configured tree the converted disks were made of (topmost layer first), found
+    through the objects' parents: convert -> bootloader -> disks -> config (-> packages)."""
+    from ksbake.layers.l4_config import tree_layers
+
+    objects = convert_dir.parent.parent
+    key = json.loads((convert_dir / "meta.json").read_text())["parents"]["bootloader"]
+    for layer, parent in (("bootloader", "disks"), ("disks", "config")):
+        key = json.loads((objects / layer / key / "meta.json").read_text())["parents"][parent]
+    return tree_layers(objects / "config" / key)
+
+
+def _in_tree(layers: list[Path], rel: str) -> Path | None:
+    """A regular file of the tree (the topmost layer's), never through a symlink."""
+    for layer in layers:
+        path = layer / rel
+        if path.is_symlink() or path.exists():
+            return path if path.is_file() and not path.is_symlink() else None
+    return None
+
+
+def os_release(layers: list[Path]) -> dict[str, str]:
+    """The tree's os-release fields (/etc/os-release, else /usr/lib/os-release)."""
+    for rel in ("etc/os-release", "usr/lib/os-release"):
+        path = _in_tree(layers, rel)
+        if path is not None:
+            fields = {}
+            for line in path.read_text(errors="replace").splitlines():
+                key, eq, value = line.partition("=")
+                if eq and key.strip().isidentifier():
+                    fields[key.strip()] = value.strip().strip("\"'")
+            return fields
+    return {}
+
+
+def osinfo_id(release: Mapping[str, str], db: Path) -> str | None:
+    """libosinfo's id for an os-release: the OS whose short-id is ID+VERSION_ID (fedora40,
+    debian12, rhel9.4, rocky9), else the family's ``-unknown`` entry (newer than the
+    database), else None."""
+    ident, version = release.get("ID", ""), release.get("VERSION_ID", "")
+    if not ident or not (db / "os").is_dir():
+        return None
+    wanted = {f"{ident}{version}", f"{ident}-unknown"}
+    found: dict[str, str] = {}
+    for path in sorted((db / "os").glob("*/*.xml")):
+        text = path.read_text(errors="replace")
+        os_id = re.search(r'<os id="([^"]+)"', text)
+        for short in re.findall(r"<short-id>([^<]+)</short-id>", text):
+            if short in wanted and os_id:
+                found.setdefault(short, os_id.group(1))
+    return found.get(f"{ident}{version}") or found.get(f"{ident}-unknown")
+
+
 def _boot_disk(convert_dir: Path) -> str | None:
     """The disk GRUB went on, from the bootloader object the converted disks came from."""
     meta = json.loads((convert_dir / "meta.json").read_text())
@@ -680,8 +747,18 @@ def build(job: Job) -> dict[str, Any]:
     name, out_dir = inputs["name"], Path(inputs["out_dir"])
     formats = [f for f in inputs["formats"] if f in converted]
     options = {f: converted[f]["inputs"]["options"] for f in formats}
-    boot_disk = _boot_disk(Path(converted[formats[0]]["dir"]))
+    first = Path(converted[formats[0]]["dir"])
+    boot_disk = _boot_disk(first)
+    layers = _tree_layers(first)
+    release = os_release(layers)
+    os_id = osinfo_id(release, OSINFO_DB)
+    agent = any(_in_tree(layers, p) for p in GUEST_AGENT)
     notes = []
+    if release.get("ID") and not os_id and "libvirt" in inputs["descriptors"]:
+        notes.append(
+            f"libvirt: no libosinfo id for {release['ID']} {release.get('VERSION_ID', '')} "
+            "in this host's osinfo-db".replace("  ", " ")
+        )
     for descriptor in ("virt-image", "libvirt"):
         if descriptor not in inputs["descriptors"]:
             continue
@@ -690,6 +767,7 @@ def build(job: Job) -> dict[str, Any]:
             notes.append(f"{descriptor}: skipped, it cannot run {', '.join(formats)}")
             continue
         app = appliance_for(inputs, fmt, converted[fmt], boot_disk)
+        app = replace(app, os_id=os_id, guest_agent=agent)
         if descriptor == "virt-image":
             (staging / f"{name}.xml").write_bytes(virt_image_xml(app))
         else:
@@ -697,6 +775,7 @@ def build(job: Job) -> dict[str, Any]:
                 app,
                 [out_dir / d.file for d in app.disks],
                 domain_type="kvm" if inputs["accel"] == "kvm" else "qemu",
+                network=None if inputs["libvirt_network"] == "user" else inputs["libvirt_network"],
             )
             (staging / f"{name}.libvirt.xml").write_bytes(domain)
         notes.append(f"{descriptor}: {fmt}")
