@@ -236,3 +236,28 @@ def test_libvirt_network_user_reaches_the_domain(workspace: Workspace) -> None:
     assert '<interface type="user">' in domain
     workspace.write("demo.toml", 'libvirt_network = "no network"\n')
     fails(workspace, "demo.toml: key 'libvirt_network' must be a libvirt network name")
+
+
+def test_xen_pv_boot_beside_hvm_validates_against_image_rng() -> None:
+    from conftest import corpus_file
+
+    from tests.test_descriptors import CASES, schema_errors
+
+    rng = etree.RelaxNG(etree.parse(str(corpus_file("virt-image", "schema", "image.rng"))))
+    app = dsc.Appliance("pv", CASES["nonet"].disks, xen_pv=True)
+    doc = etree.fromstring(dsc.virt_image_xml(app))
+    assert schema_errors(rng, doc) == []
+    boots = doc.findall("domain/boot")
+    assert [b.get("type") for b in boots] == ["hvm", "xen"]
+    assert boots[1].findtext("os/loader") == "pygrub"
+    assert [d.get("target") for d in boots[1].findall("drive")] == ["xvda"]
+    uefi = dsc.Appliance("pv", CASES["nonet"].disks, xen_pv=True, firmware="uefi")
+    assert len(etree.fromstring(dsc.virt_image_xml(uefi)).findall("domain/boot")) == 1
+
+
+def test_xen_pv_comes_from_the_kernel_config(tmp_path: Path) -> None:
+    (tmp_path / "boot").mkdir()
+    (tmp_path / "boot/config-6.1.0-1-amd64").write_text("X=1\nCONFIG_XEN_PV=y\nY=2\n")
+    assert dsc.xen_pv_kernel([tmp_path])
+    (tmp_path / "boot/config-6.1.0-1-amd64").write_text("X=1\n# CONFIG_XEN_PV is not set\n")
+    assert not dsc.xen_pv_kernel([tmp_path])

@@ -135,6 +135,7 @@ class Appliance:
     adapter: str = "lsilogic"  # the OVF's disk controller: the vmdk's ddb.adapterType
     os_id: str | None = None  # libosinfo's id of the installed OS (the libvirt domain says it)
     guest_agent: bool = False  # the tree has qemu-guest-agent: give it its virtio channel
+    xen_pv: bool = False  # the tree's kernel boots as a Xen PV guest (CONFIG_XEN_PV=y)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "disks", tuple(self.disks))
@@ -266,6 +267,17 @@ def virt_image_xml(app: Appliance) -> bytes:
     ordered = app.ordered_disks()
     for index, disk in enumerate(ordered):
         _sub(boot, "drive", disk=disk.file, target=device_name("hd", index))
+    if app.xen_pv and app.firmware == "bios" and app.arch in ("x86_64", "i686"):
+        # paravirt Xen, as virt-image(5) allowed beside hvm: pygrub reads grub.cfg from the
+        # first drive (the boot disk), the kernel needs no firmware
+        xen = _sub(domain, "boot", type="xen")
+        xen_guest = _sub(xen, "guest")
+        _sub(xen_guest, "arch", app.arch)
+        if app.arch == "i686":
+            _sub(_sub(xen_guest, "features"), "pae")
+        _sub(_sub(xen, "os"), "loader", "pygrub")
+        for index, disk in enumerate(ordered):
+            _sub(xen, "drive", disk=disk.file, target=device_name("xvd", index))
     devices = _sub(domain, "devices")
     _sub(devices, "vcpu", str(app.vcpus))
     _sub(devices, "memory", str(app.memory_mib * KiB))
@@ -731,6 +743,17 @@ def osinfo_id(release: Mapping[str, str], db: Path) -> str | None:
     return found.get(f"{ident}{version}") or found.get(f"{ident}-unknown")
 
 
+def xen_pv_kernel(layers: list[Path]) -> bool:
+    """Whether a kernel of the tree can boot as a Xen PV guest (its /boot/config-VER says
+    CONFIG_XEN_PV=y, as Debian's and Fedora's x86_64 kernels do)."""
+    for layer in layers:
+        for config in sorted((layer / "boot").glob("config-*")):
+            plain = config.is_file() and not config.is_symlink()
+            if plain and "\nCONFIG_XEN_PV=y\n" in config.read_text(errors="replace"):
+                return True
+    return False
+
+
 def _boot_disk(convert_dir: Path) -> str | None:
     """The disk GRUB went on, from the bootloader object the converted disks came from."""
     meta = json.loads((convert_dir / "meta.json").read_text())
@@ -753,6 +776,7 @@ def build(job: Job) -> dict[str, Any]:
     release = os_release(layers)
     os_id = osinfo_id(release, OSINFO_DB)
     agent = any(_in_tree(layers, p) for p in GUEST_AGENT)
+    xen_pv = xen_pv_kernel(layers)
     notes = []
     if release.get("ID") and not os_id and "libvirt" in inputs["descriptors"]:
         notes.append(
@@ -767,7 +791,7 @@ def build(job: Job) -> dict[str, Any]:
             notes.append(f"{descriptor}: skipped, it cannot run {', '.join(formats)}")
             continue
         app = appliance_for(inputs, fmt, converted[fmt], boot_disk)
-        app = replace(app, os_id=os_id, guest_agent=agent)
+        app = replace(app, os_id=os_id, guest_agent=agent, xen_pv=xen_pv)
         if descriptor == "virt-image":
             (staging / f"{name}.xml").write_bytes(virt_image_xml(app))
         else:
