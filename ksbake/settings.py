@@ -78,6 +78,7 @@ class Settings:
     vmdk_adapter: str = "lsilogic"
     ovf_digest: str = "sha256"
     libvirt_network: str = "default"
+    vendor: str | None = None
     descriptors: tuple[str, ...] | None = None  # None: every descriptor the formats allow
     descriptor_format: str | None = None  # None: each descriptor's first runnable format
     version: str = "1.0"
@@ -303,6 +304,12 @@ FIELDS.update(
 )
 
 
+def _vendor(value: str) -> str:
+    if not value.strip() or len(value) > 200 or any(ord(c) < 32 for c in value):
+        raise ValueError("must be one line of at most 200 characters")
+    return value
+
+
 def _network_name(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_.+-]{1,64}", value):
         raise ValueError(f"must be a libvirt network name or 'user', got {value!r}")
@@ -351,6 +358,7 @@ FIELDS.update(
             "or ide (old VirtualBox)",
             _one_of("lsilogic", "buslogic", "ide"),
         ),
+        "vendor": Field((str,), "the vendor the OVF's ProductSection names", _vendor),
         "libvirt_network": Field(
             (str,),
             "the libvirt network the domain's NICs join, or user (QEMU user networking: no "

@@ -163,7 +163,11 @@ def test_sha1_manifest_matches_the_published_files(workspace: Workspace) -> None
         name, digest = re.fullmatch(r"SHA1\((.+)\)= ([0-9a-f]{40})", line).groups()
         assert hashlib.sha1((out / name).read_bytes()).hexdigest() == digest
     assert 'ddb.adapterType = "ide"' in _vmdk_descriptor(out / "demo-sda.vmdk")
-    assert "<rasd:ResourceType>5</rasd:ResourceType>" in (out / "demo.ovf").read_text()
+    ovf = (out / "demo.ovf").read_text()
+    assert "<rasd:ResourceType>5</rasd:ResourceType>" in ovf
+    populated = int(re.search(r'ovf:populatedSize="(\d+)"', ovf).group(1))
+    capacity = int(re.search(r'ovf:capacity="(\d+)"', ovf).group(1))
+    assert 0 < populated < capacity
 
 
 def _osinfo_db(tmp_path: Path) -> Path:
@@ -261,3 +265,20 @@ def test_xen_pv_comes_from_the_kernel_config(tmp_path: Path) -> None:
     assert dsc.xen_pv_kernel([tmp_path])
     (tmp_path / "boot/config-6.1.0-1-amd64").write_text("X=1\n# CONFIG_XEN_PV is not set\n")
     assert not dsc.xen_pv_kernel([tmp_path])
+
+
+def test_ovf_product_vendor_and_populated_size() -> None:
+    disk = dsc.DiskImage("sda", "a-sda.vmdk", "vmdk", 2 << 30, 5 << 20, "0" * 64, 40 << 20)
+    app = dsc.Appliance("a", (disk,), version="2.1", release="3", vendor="Example Corp")
+    ovf = etree.fromstring(dsc.ovf_xml(app))
+    ns = {"ovf": dsc.OVF_NS}
+    product = ovf.find(".//ovf:ProductSection", ns)
+    assert [etree.QName(c).localname for c in product] == [
+        "Info",
+        "Product",
+        "Vendor",
+        "Version",
+        "FullVersion",
+    ]
+    assert product.findtext("ovf:Vendor", namespaces=ns) == "Example Corp"
+    assert ovf.find(".//ovf:Disk", ns).get(f"{{{dsc.OVF_NS}}}populatedSize") == str(40 << 20)

@@ -141,6 +141,7 @@ def descriptor_inputs(src: Source) -> dict[str, Any]:
         "vmdk_adapter": c.vmdk_adapter,
         "ovf_digest": c.ovf_digest,
         "libvirt_network": c.libvirt_network,
+        "vendor": c.vendor,
         "out_dir": src.out_dir,  # the libvirt domain names the published disks' paths
     }
 

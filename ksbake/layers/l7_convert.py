@@ -92,6 +92,7 @@ def convert(
             record = describe(dst, fmt)
         records.append(
             {
+                "populated_size": src.stat().st_blocks * 512,  # the data, not the holes
                 "disk": disk["name"],
                 "object_file": dst.name,
                 "format": fmt,

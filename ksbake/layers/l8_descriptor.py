@@ -92,6 +92,7 @@ class DiskImage:
     virtual_size: int  # bytes the guest sees
     file_size: int  # bytes of the file (OVF References need it)
     sha256: str  # hex digest of the file
+    populated_size: int | None = None  # bytes of data in the disk (OVF's populatedSize)
 
     def __post_init__(self) -> None:
         where = f"disk {self.disk!r}"
@@ -136,6 +137,7 @@ class Appliance:
     os_id: str | None = None  # libosinfo's id of the installed OS (the libvirt domain says it)
     guest_agent: bool = False  # the tree has qemu-guest-agent: give it its virtio channel
     xen_pv: bool = False  # the tree's kernel boots as a Xen PV guest (CONFIG_XEN_PV=y)
+    vendor: str | None = None  # the OVF ProductSection's Vendor
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "disks", tuple(self.disks))
@@ -460,6 +462,8 @@ def ovf_xml(app: Appliance) -> bytes:
             _ovf("fileRef"): f"file{n}",
             _ovf("format"): VMDK_STREAM_OPTIMIZED,
         }
+        if disk.populated_size is not None:  # what a thin-provisioned copy will take
+            attrs[_ovf("populatedSize")] = str(disk.populated_size)
         _sub(disk_section, _ovf("Disk"), attrs=attrs)
     network_name = "VM Network"
     if app.nics:
@@ -561,6 +565,8 @@ def ovf_xml(app: Appliance) -> bytes:
     product = _sub(system, _ovf("ProductSection"))
     _sub(product, _ovf("Info"), "Information about the installed software")
     _sub(product, _ovf("Product"), app.name)
+    if app.vendor:
+        _sub(product, _ovf("Vendor"), app.vendor)
     if app.version:
         _sub(product, _ovf("Version"), app.version)
     if app.full_version:
@@ -673,6 +679,7 @@ def appliance_for(
             virtual_size=r["virtual_size"],
             file_size=r["file_size"],
             sha256=r["sha256"],
+            populated_size=r.get("populated_size"),
         )
         for r in records_of(Path(item["dir"]))
     )
@@ -687,6 +694,7 @@ def appliance_for(
         firmware="uefi" if inputs["firmware"] == "uefi" else "bios",
         nics=inputs["nics"],
         boot_disk=boot_disk,
+        vendor=inputs.get("vendor"),
     )
 
 
