@@ -243,7 +243,7 @@ CHAIN: tuple[Layer, ...] = (
     ),
     Layer(
         name="convert",
-        version=5,  # 5: vmdk adapter, hardware version and extent name; store files sda.EXT
+        version=6,  # 6: vmdk adapter, hwversion, extent name; sda.EXT; populated_size
         doc="disk formats (qcow2, vmdk, ...)",
         inputs=convert_inputs,
         each="formats",  # one object per format: a format change converts only that one
