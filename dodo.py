@@ -11,6 +11,7 @@ from tasks.common import PATHS, XxhashChecker, interrupt_in_one_line
 from tasks.gc import task_gc  # noqa: F401
 from tasks.layers import creators
 from tasks.repo import task_distro, task_repo  # noqa: F401
+from tasks.reporter import Reporter
 from tasks.verify import task_verify  # noqa: F401
 
 check_command_line(PATHS)  # a missing configs/ or a mistyped appliance: one line, exit 2
@@ -25,4 +26,6 @@ DOIT_CONFIG = {
     "check_file_uptodate": XxhashChecker,
     "default_tasks": ["appliance"],
     "verbosity": 2,
+    "continue": True,  # one failing appliance does not stop the others
+    "reporter": Reporter,  # ... and the run ends with a table across appliances
 }

@@ -18,6 +18,7 @@ from ksbake.hashing import file_digest
 from ksbake.paths import Paths
 
 PATHS = Paths.from_env()
+SHOWN = "[shown above]"  # a TaskFailed whose message was printed as "ksbake: error: ..."
 
 
 class XxhashChecker(FileChangedChecker):
@@ -84,7 +85,7 @@ def action(step: str, *args: Any) -> Callable[[], Any]:
             if os.environ.get("KSBAKE_DEBUG"):
                 raise
             print(f"ksbake: error: {exc}", file=sys.stderr, flush=True)
-            return TaskFailed("the error is shown above (set KSBAKE_DEBUG=1 for a traceback)")
+            return TaskFailed(f"{SHOWN} {exc}")  # the reporter keeps it for its summary
         return None
 
     return run

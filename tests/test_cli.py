@@ -77,3 +77,33 @@ def test_doit_says_it_in_one_line(workspace: Workspace) -> None:
     assert "boottest:demo" in listed.out
     gone = workspace.doit("appliance", extra_env={"KSBAKE_CONFIGS": str(workspace.root / "nope")})
     assert gone.rc == 2 and "nope does not exist" in gone.err
+
+
+@pytest.mark.slow
+def test_doit_appliance_builds_every_appliance_it_can_and_ends_with_a_table(
+    workspace: Workspace,
+) -> None:
+    workspace.write("demo.ks", demo_kickstart())
+    workspace.write("other.ks", demo_kickstart().replace("demo.ksbake.test", "other.ksbake.test"))
+    broken = demo_kickstart().replace("%packages\n", "%packages\nno-such-package\n")
+    workspace.write("broken.ks", broken)
+    r = workspace.doit("appliance")
+    assert r.rc != 0, r.out
+    assert (workspace.root / "out/demo/SHA256SUMS").is_file()
+    assert (workspace.root / "out/other/SHA256SUMS").is_file()
+    assert not (workspace.root / "out/broken").exists()
+    table = r.out[r.out.index("appliance  result") :].splitlines()
+    assert table[1].startswith("broken     failed") and "no-such-package" in table[1], table
+    assert table[2].split()[:2] == ["demo", "built"]
+    assert table[3].split()[:2] == ["other", "built"]
+    assert table[4] == "3 appliances: 1 failed"
+    errors = [ln for ln in r.err.splitlines() if ln.startswith("ksbake: error:")]
+    assert len(errors) == 1 and "no-such-package" in errors[0]
+
+    workspace.write("broken.ks", demo_kickstart().replace("demo.ksbake.test", "fixed.ksbake.test"))
+    again = workspace.doit("appliance")
+    assert again.rc == 0, again.out + again.err
+    rows = again.out[again.out.index("appliance  result") :].splitlines()
+    assert rows[1].split()[:2] == ["broken", "built"]
+    assert rows[2].split()[:2] == ["demo", "unchanged"]
+    assert rows[4] == "3 appliances: 0 failed"

@@ -131,8 +131,13 @@ def test_ovirt_wui_two_disks_in_the_descriptor(workspace: Workspace) -> None:
     ok(r)
     out = workspace.root / "out" / "ovirt-wui"
     image = etree.parse(str(out / "ovirt-wui.xml"))
-    drives = [(d.get("disk"), d.get("target")) for d in image.iterfind("domain/boot/drive")]
+    drives = [
+        (d.get("disk"), d.get("target")) for d in image.iterfind("domain/boot[@type='hvm']/drive")
+    ]
     assert drives == [("ovirt-wui-sda.qcow2", "hda"), ("ovirt-wui-sdb.qcow2", "hdb")]
+    # the bundled kernel boots as a Xen PV guest too: the paravirt boot names the same disks
+    xen = [d.get("target") for d in image.iterfind("domain/boot[@type='xen']/drive")]
+    assert xen == ["xvda", "xvdb"]
     assert [d.get("file") for d in image.iterfind("storage/disk")] == [
         "ovirt-wui-sda.qcow2",
         "ovirt-wui-sdb.qcow2",
