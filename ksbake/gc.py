@@ -2,7 +2,7 @@
 
 An object's last use is its ``meta.json`` mtime (``Store.obtain`` touches it on every reuse).
 What the appliances of this workspace currently point at (their ``*.ref`` files, the bundled
-repository) is never collected, nor anything those objects are built on (their ``parents``).
+repository and distribution) is never collected, nor anything those objects are built on (their ``parents``).
 Removing an object removes the objects built on top of it too (a config layer is only an
 overlay upper directory: it is useless without its packages tree). Published files in
 ``out/`` are hardlinks, so they survive the collection of their objects.
@@ -57,8 +57,9 @@ def referenced(paths: Paths, appliance: str = "*") -> set[str]:
     for ref in paths.cache.glob(f"build/{appliance}/*.ref"):
         found = ref_keys(json.loads(ref.read_text()))
         keys.update(found.values() if isinstance(found, dict) else [found])
-    if paths.bundled_repo.is_symlink() and appliance == "*":
-        keys.add(paths.bundled_repo.resolve().parent.name)
+    for link in (paths.bundled_repo, paths.bundled_distro):  # the bundled repositories
+        if link.is_symlink() and appliance == "*":
+            keys.add(link.resolve().parent.name)
     return keys
 
 

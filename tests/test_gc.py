@@ -64,3 +64,18 @@ def test_fan_out_refs_and_parents_are_followed(tmp_path: Path) -> None:
     (build / "convert.ref").write_text(json.dumps({"items": {"vmdk": {"key": "v-vmdk"}}}))
     removed = gc.collect(paths, budget=0)
     assert [o.key for o in removed] == ["v-old"]
+
+
+def test_the_bundled_repository_and_distribution_are_kept(tmp_path: Path) -> None:
+    paths = Paths.from_env(tmp_path, environ={})
+    for layer, key, link in (
+        ("repo", "r", paths.bundled_repo),
+        ("distro", "d", paths.bundled_distro),
+    ):
+        make(paths.store, layer, key, 1, 4096)
+        (paths.store / "objects" / layer / key / layer).mkdir()
+        link.symlink_to(paths.store / "objects" / layer / key / layer)
+    make(paths.store, "packages", "p", 2, 4096)
+    removed = gc.collect(paths, budget=0)
+    assert [o.key for o in removed] == ["p"]
+    assert (paths.store / "objects/distro/d/meta.json").exists()
