@@ -32,6 +32,19 @@ def task_appliance() -> Iterator[dict]:
             "doc": f"build the {name} appliance",
             "actions": [(lambda n=name: print(report.summary(PATHS, n, _layers(n))) or None)],
             "task_dep": [f"publish:{name}"],
+            "clean": [(clean, [name])],
             "uptodate": [False],
             "verbosity": 2,
         }
+
+
+def clean(name: str) -> None:
+    """``doit clean appliance:NAME`` (``doit clean``: every appliance): the appliance's own
+    state (cache/build/NAME: its refs, inputs, logs) and what it published (out/NAME), never
+    store objects, which other appliances may share (``doit gc`` trims the store)."""
+    import shutil
+
+    for path in (PATHS.build_dir(name), PATHS.out / name):
+        if path.exists() or path.is_symlink():
+            shutil.rmtree(path)
+            print(f"removed {path}")

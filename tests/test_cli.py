@@ -9,7 +9,7 @@ import pytest
 
 from ksbake.paths import Paths
 from tasks.cli import entry_points, positional, problem
-from tests.conftest import Workspace, demo_kickstart
+from tests.conftest import Workspace, demo_kickstart, ok
 
 
 def _paths(tmp_path: Path, *names: str) -> Paths:
@@ -107,3 +107,23 @@ def test_doit_appliance_builds_every_appliance_it_can_and_ends_with_a_table(
     assert rows[1].split()[:2] == ["broken", "built"]
     assert rows[2].split()[:2] == ["demo", "unchanged"]
     assert rows[4] == "3 appliances: 0 failed"
+
+
+@pytest.mark.slow
+def test_doit_clean_removes_an_appliances_state_and_output_not_the_store(
+    workspace: Workspace,
+) -> None:
+    workspace.write("demo.ks", demo_kickstart())
+    ok(workspace.doit("appliance:demo"))
+    objects = sorted(p.name for p in (workspace.store / "objects").glob("*/*"))
+    r = workspace.doit("clean", "appliance:demo")
+    assert r.rc == 0, r.err
+    assert not (workspace.cache / "build" / "demo").exists()
+    assert not (workspace.root / "out" / "demo").exists()
+    assert set(objects) <= {p.name for p in (workspace.store / "objects").glob("*/*")}
+    again = workspace.doit("appliance:demo")  # from the store: nothing is built again
+    ok(again)
+    assert not [
+        e for e in again.events if e["built"] and e["layer"] not in ("kickstart", "publish")
+    ]
+    assert (workspace.root / "out" / "demo" / "SHA256SUMS").is_file()
