@@ -3,9 +3,10 @@
 An object's last use is its ``meta.json`` mtime (``Store.obtain`` touches it on every reuse).
 What the appliances of this workspace currently point at (their ``*.ref`` files, the
 bundled repository and distribution) is never collected, nor anything those objects are
-built on (their ``parents``). Removing an object removes the objects built on top of it too (a config layer is only an
-overlay upper directory: it is useless without its packages tree). Published files in
-``out/`` are hardlinks, so they survive the collection of their objects.
+built on (their ``parents``). Removing an object removes the objects built on top of it
+too (a config layer is only an overlay upper directory: it is useless without its packages
+tree). Published files in ``out/`` are copies or hardlinks, so they survive the collection
+of their objects.
 """
 
 from __future__ import annotations
