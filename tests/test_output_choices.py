@@ -282,3 +282,32 @@ def test_ovf_product_vendor_and_populated_size() -> None:
     ]
     assert product.findtext("ovf:Vendor", namespaces=ns) == "Example Corp"
     assert ovf.find(".//ovf:Disk", ns).get(f"{{{dsc.OVF_NS}}}populatedSize") == str(40 << 20)
+
+
+@pytest.mark.slow
+def test_every_format_holds_the_same_disk(workspace: Workspace) -> None:
+    """qemu-img's own checks on the published files: each format is consistent (check) and
+    holds exactly the raw disk's content (compare)."""
+    import subprocess
+
+    workspace.write("demo.ks", demo_kickstart())
+    workspace.write(
+        "demo.toml",
+        'formats = ["raw", "qcow2", "vmdk", "vdi", "vhdx"]\nqcow2_compression = "zstd"\n',
+    )
+    ok(workspace.doit("appliance:demo"))
+    out = workspace.root / "out" / "demo"
+    raw = out / "demo-sda.raw"
+    for fmt in ("qcow2", "vmdk", "vdi", "vhdx"):
+        image = out / f"demo-sda.{fmt}"
+        if fmt in ("qcow2", "vmdk", "vdi"):  # the formats qemu-img check knows
+            check = subprocess.run(
+                ["qemu-img", "check", "-f", fmt, image], capture_output=True, text=True
+            )
+            assert check.returncode == 0, check.stdout + check.stderr
+        same = subprocess.run(
+            ["qemu-img", "compare", "-f", "raw", "-F", fmt, raw, image],
+            capture_output=True,
+            text=True,
+        )
+        assert same.returncode == 0 and "Images are identical" in same.stdout, (fmt, same.stdout)
