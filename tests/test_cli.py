@@ -127,3 +127,21 @@ def test_doit_clean_removes_an_appliances_state_and_output_not_the_store(
         e for e in again.events if e["built"] and e["layer"] not in ("kickstart", "publish")
     ]
     assert (workspace.root / "out" / "demo" / "SHA256SUMS").is_file()
+
+
+@pytest.mark.slow
+def test_doit_info_says_which_layers_run_and_why(workspace: Workspace) -> None:
+    workspace.write("demo.ks", demo_kickstart())
+    ok(workspace.doit("appliance:demo"))
+    r = workspace.doit("info", "appliance:demo")
+    assert r.rc == 0, r.out + r.err
+    for layer in ("lock", "packages", "config", "disks", "bootloader", "descriptor"):
+        assert f"  {layer:<11} up to date (key " in r.out, r.out
+    assert "the appliance is up to date\n  boottest    will run: not built in this" in r.out
+    workspace.write("demo.ks", demo_kickstart() + "\n%post\necho edited\n%end\n")
+    r = workspace.doit("info", "demo")
+    assert r.rc == 0
+    assert "  kickstart   will run: demo.ks changed" in r.out, r.out
+    assert "  lock        up to date" in r.out
+    other = workspace.doit("info", "disks:demo")  # any other task: doit's own info
+    assert "file_dep" in other.out
