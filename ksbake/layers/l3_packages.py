@@ -27,16 +27,32 @@ log = logging.getLogger("ksbake")
 
 
 class _Progress:
-    """Minimal progress output for downloads and the rpm transaction."""
+    """The rpm transaction's progress: on a terminal one line rewritten in place (count,
+    rate, time left, package); in a log nothing per package (the layer's own lines say it)."""
 
     def __init__(self, total: int) -> None:
+        import sys
+        import time
+
         self.total = total
         self.done: set[str] = set()
+        self.tty = sys.stdout.isatty()
+        self.started = time.monotonic()
 
     def installing(self, name: str) -> None:
-        if name not in self.done:
-            self.done.add(name)
-            print(f"  [{len(self.done)}/{self.total}] {name}", flush=True)
+        import time
+
+        if name in self.done:
+            return
+        self.done.add(name)
+        if not self.tty:
+            return
+        n = len(self.done)
+        rate = n / max(time.monotonic() - self.started, 1e-3)
+        left = (self.total - n) / rate
+        line = f"  [{n}/{self.total}] {rate:4.1f} pkg/s, {left:4.0f} s left  {name}"
+        end = "\n" if n == self.total else ""
+        print("\r" + line[:100].ljust(100), end=end, flush=True)
 
 
 def install(job: Job) -> dict[str, Any]:

@@ -61,10 +61,14 @@ def convert(
         dst = out_dir / file_name(options.get("name"), disk["name"], fmt, options)
         if fmt == "raw" and options.get("compression") == "xz":
             print(f"Compressing {disk['name']} with xz", flush=True)
+            tty = sys.stdout.isatty()  # xz -v: progress with rate and time left, on a terminal
             with open(dst, "wb") as out:
                 run(
-                    ["xz", "--threads=0", f"--block-size={XZ_BLOCK}", "-6", "-c", src],
+                    ["xz", "--threads=0", f"--block-size={XZ_BLOCK}", "-6", "-c"]
+                    + (["-v"] if tty else [])
+                    + [str(src)],
                     stdout=out,
+                    capture=not tty,
                     what=f"compressing {src.name} with xz",
                 )
             record: dict[str, Any] = {
