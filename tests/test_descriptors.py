@@ -746,3 +746,15 @@ def test_virt_image_version_with_letters_is_a_schema_deviation(image_rng: etree.
     assert schema_errors(image_rng, numeric) == []
     lettered = etree.fromstring(dsc.virt_image_xml(Appliance("v", raw, version="2.0rc1")))
     assert schema_errors(image_rng, lettered)
+
+
+def test_ova_packing_shows_progress_on_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    data = b"x" * (3 << 20)
+    reader = dsc._Progress(io.BytesIO(data), "demo.ova: demo-sda.vmdk", len(data))
+    reader.tty = True  # as on a terminal
+    while reader.read(1 << 20):
+        pass
+    out = capsys.readouterr().out
+    assert "packing demo.ova: demo-sda.vmdk: 100%" in out and out.endswith("s left\n")

@@ -79,3 +79,17 @@ def test_the_bundled_repository_and_distribution_are_kept(tmp_path: Path) -> Non
     removed = gc.collect(paths, budget=0)
     assert [o.key for o in removed] == ["p"]
     assert (paths.store / "objects/distro/d/meta.json").exists()
+
+
+def test_budget_from_the_environment(monkeypatch) -> None:  # noqa: ANN001
+    import pytest
+
+    from ksbake.errors import ConfigError
+    from tasks.gc import budget
+
+    for text, expected in (("0", 0), ("512", 512 * 2**20), ("20GiB", 20 * 2**30)):
+        monkeypatch.setenv("KSBAKE_CACHE_BUDGET", text)
+        assert budget() == expected
+    monkeypatch.setenv("KSBAKE_CACHE_BUDGET", "lots")
+    with pytest.raises(ConfigError, match="KSBAKE_CACHE_BUDGET: must be a size"):
+        budget()

@@ -612,6 +612,37 @@ def ovf_references(ovf: bytes) -> list[str]:
     return [f.get(_ovf("href")) for f in root.iterfind(f"{_ovf('References')}/{_ovf('File')}")]
 
 
+class _Progress:
+    """A file being read, its progress shown on a terminal (one line rewritten in place:
+    percent, rate, time left); a plain read when the output is a log."""
+
+    def __init__(self, stream: Any, label: str, size: int) -> None:
+        import sys
+        import time
+
+        self.stream, self.label, self.size = stream, label, size
+        self.tty = sys.stdout.isatty() and size > 64 * 2**20  # small members: no bar
+        self.done, self.started, self.shown = 0, time.monotonic(), 0.0
+
+    def read(self, n: int = -1) -> bytes:
+        import time
+
+        data: bytes = self.stream.read(n)
+        self.done += len(data)
+        now = time.monotonic()
+        if self.tty and (now - self.shown > 0.5 or self.done == self.size):
+            self.shown = now
+            rate = self.done / max(now - self.started, 1e-3)
+            left = (self.size - self.done) / max(rate, 1)
+            print(
+                f"\r  packing {self.label}: {100 * self.done // max(self.size, 1):3d}% "
+                f"{rate / 2**20:6.1f} MiB/s {left:4.0f} s left",
+                end="\n" if self.done == self.size else "",
+                flush=True,
+            )
+        return data
+
+
 def write_ova(
     ovf_path: str | os.PathLike[str],
     disk_paths: Sequence[str | os.PathLike[str]],
@@ -655,7 +686,7 @@ def write_ova(
                 info.uid = info.gid = 0
                 info.uname = info.gname = ""
                 with member.open("rb") as stream:
-                    tar.addfile(info, stream)
+                    tar.addfile(info, _Progress(stream, f"{out.name}: {member.name}", size))
         partial.replace(out)
     except BaseException:
         partial.unlink(missing_ok=True)
