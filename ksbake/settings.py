@@ -355,7 +355,7 @@ FIELDS.update(
         "vmdk_adapter": Field(
             (str,),
             "the vmdk's adapter and the OVF's disk controller: lsilogic (VMware), buslogic, "
-            "or ide (old VirtualBox)",
+            "or ide (an IDE controller, for guests without SCSI drivers)",
             _one_of("lsilogic", "buslogic", "ide"),
         ),
         "vendor": Field((str,), "the vendor the OVF's ProductSection names", _vendor),
