@@ -512,3 +512,34 @@ def test_distribution_rebuilt_elsewhere_has_the_same_bytes(
     first, second = digests(stored), digests(again)
     assert len(first) > 200
     assert first == second
+
+
+@pytest.mark.parametrize(
+    ("file", "text", "words"),
+    [
+        ("distro.toml", 'suite = "bookworm"\n', "distro.toml: the key 'update_suites' is missing"),
+        ("distro.toml", "suite = [\n", "distro.toml: "),
+        ("fixups.toml", '[dbus]\nprovides = "dbus-x"\n', "[dbus]: provides must be a list"),
+        ("fixups.toml", "[dbus]\ncolour = 1\n", "[dbus]: unknown key colour"),
+    ],
+)
+def test_bad_distribution_sources_are_one_line(
+    tmp_path: Path, file: str, text: str, words: str
+) -> None:
+    import shutil
+
+    from ksbake.distro.build import SOURCE, load_config
+
+    source = tmp_path / "distro"
+    shutil.copytree(SOURCE, source)
+    (source / file).write_text(text)
+    with pytest.raises(BuildError) as info:
+        load_config(source)
+    assert words in str(info.value) and str(source) in str(info.value)
+
+
+def test_member_paths_keep_dotfiles() -> None:
+    assert conv._member_path("./usr/bin/x") == "/usr/bin/x"
+    assert conv._member_path("./.profile") == "/.profile"
+    assert conv._member_path("./") == "/"
+    assert conv._member_path("./etc/skel/") == "/etc/skel"

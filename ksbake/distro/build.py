@@ -66,29 +66,43 @@ class Config:
 
 
 def load_config(source: Path = SOURCE) -> Config:
-    distro = tomllib.loads((source / "distro.toml").read_text())
-    raw = tomllib.loads((source / "fixups.toml").read_text())
-    fixups = {}
-    for name, table in raw.items():
-        for key, value in table.get("files", {}).items():
-            if isinstance(value, dict):  # {from = "files/..."}: content kept in repo/distro/files
-                table["files"][key] = (source / value["from"]).read_text()
-        fixups[name] = conv.Fixup.from_table(table, f"repo/distro/fixups.toml [{name}]")
-    packages = [
-        line.split("#")[0].strip()
-        for line in (source / "packages.list").read_text().splitlines()
-        if line.split("#")[0].strip()
-    ]
-    return Config(
-        suite=distro["suite"],
-        update_suites=distro["update_suites"],
-        packages=packages,
-        updates=distro.get("updates", []),
-        prefer=distro.get("prefer", {}),
-        groups=distro["groups"],
-        environment=distro["environment"],
-        fixups=fixups,
-    )
+    """The distribution's sources; a file that is missing, not TOML, or lacks a key is one
+    line naming it."""
+    where = source / "distro.toml"
+    try:
+        distro = tomllib.loads(where.read_text())
+        where = source / "fixups.toml"
+        raw = tomllib.loads(where.read_text())
+        fixups = {}
+        for name, table in raw.items():
+            for key, value in table.get("files", {}).items():
+                if isinstance(value, dict):  # {from = "files/..."}: kept in repo/distro/files
+                    where = source / value["from"]
+                    table["files"][key] = where.read_text()
+            fixups[name] = conv.Fixup.from_table(table, f"{source / 'fixups.toml'} [{name}]")
+        where = source / "packages.list"
+        packages = [
+            line.split("#")[0].strip()
+            for line in where.read_text().splitlines()
+            if line.split("#")[0].strip()
+        ]
+        where = source / "distro.toml"
+        return Config(
+            suite=distro["suite"],
+            update_suites=distro["update_suites"],
+            packages=packages,
+            updates=distro.get("updates", []),
+            prefer=distro.get("prefer", {}),
+            groups=distro["groups"],
+            environment=distro["environment"],
+            fixups=fixups,
+        )
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BuildError(f"{where}: cannot read it: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise BuildError(f"{where}: {exc}") from None
+    except KeyError as exc:
+        raise BuildError(f"{where}: the key {exc} is missing") from None
 
 
 def _newer(a: str, b: str) -> bool:

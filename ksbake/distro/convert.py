@@ -102,12 +102,14 @@ class Fixup:
 
     @classmethod
     def from_table(cls, table: dict[str, Any], where: str) -> Fixup:
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(table) - known)
-        if unknown:
-            raise BuildError(
-                f"{where}: unknown key {unknown[0]} (known: {', '.join(sorted(known))})"
-            )
+        default = cls()
+        for key, value in table.items():
+            if key not in cls.__dataclass_fields__:
+                known = ", ".join(sorted(cls.__dataclass_fields__))
+                raise BuildError(f"{where}: unknown key {key} (known: {known})")
+            want = type(getattr(default, key))
+            if not isinstance(value, want):
+                raise BuildError(f"{where}: {key} must be a {want.__name__}, got {value!r}")
         return cls(**table)
 
 
@@ -157,13 +159,20 @@ def alternatives(postinst: str) -> list[tuple[str, str, str, int]]:
     return found
 
 
+def _member_path(name: str) -> str:
+    """An archive member's absolute path: ``./usr/bin/x`` -> ``/usr/bin/x``, ``./`` -> ``/``
+    (only the ``./`` prefix goes: ``./.profile`` keeps its dot)."""
+    rel = name.removeprefix("./").strip("/")
+    return "/" if rel in ("", ".") else "/" + rel
+
+
 def _unpack(deb: Path, root: Path) -> list[Entry]:
     """Unpack the data archive into ``root`` with merged /usr; the entries, in archive order."""
     data = run(["dpkg-deb", "--fsys-tarfile", deb], what=f"unpacking {deb.name}").stdout
     entries: dict[str, Entry] = {}
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         for m in tar:
-            orig = "/" + m.name.lstrip("./").rstrip("/") if m.name not in (".", "./") else "/"
+            orig = _member_path(m.name)
             if orig == "/":
                 continue
             path = merged_usr(orig)
@@ -190,7 +199,7 @@ def _unpack(deb: Path, root: Path) -> list[Entry]:
                 os.symlink(target, dest)
                 entries[path] = Entry(path, "l", 0o777, user, group, target)
             elif m.islnk():
-                source = merged_usr("/" + m.linkname.lstrip("./"))
+                source = merged_usr(_member_path(m.linkname))
                 os.link(root / source.lstrip("/"), dest)
                 entries[path] = Entry(path, "h", m.mode, user, group, source)
             elif m.isfile():
@@ -524,7 +533,7 @@ def declared_users(deb: Path) -> list[str]:
     names: list[str] = []
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         for m in tar:
-            path = merged_usr("/" + m.name.lstrip("./"))
+            path = merged_usr(_member_path(m.name))
             if not m.isfile():
                 continue
             if path.startswith(SYSUSERS_DIR) and path.endswith(".conf"):
